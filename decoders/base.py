@@ -1,0 +1,43 @@
+"""The contract every language decoder of the zoo fulfils."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class DecoderOutput:
+    """What a decoder forward returns.
+
+    ``past_key_values`` is the decoder's own cache object (opaque to callers; pass it back in);
+    ``aux_loss`` is the MoE load-balancing loss of this forward, ``None`` for dense decoders.
+    """
+
+    logits: torch.Tensor
+    past_key_values: object | None = None
+    aux_loss: torch.Tensor | None = None
+
+
+class LanguageDecoder(nn.Module):
+    """A causal LM that reads embeddings, so image embeddings can be spliced in first."""
+
+    hidden_size: int
+    vocab_size: int
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Token embeddings ``[B, T, hidden_size]``."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: object | None = None,
+        use_cache: bool = False,
+    ) -> DecoderOutput:  # pragma: no cover - abstract
+        """``attention_mask`` is a ``[B, T_past + T]`` padding mask (1 = real token)."""
+        raise NotImplementedError

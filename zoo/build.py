@@ -1,0 +1,76 @@
+"""``build_model(cfg)``: compose registered parts into an :class:`OCRModel`, checking their sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.model import OCRModel
+from zoo.registry import create_decoder, create_encoder, create_projector, import_plugins
+from zoo.tokenizer import Tokenizer, load_tokenizer
+
+
+def to_plain(cfg: Any) -> Any:
+    """A resolved plain-Python copy of a (possibly OmegaConf) config node."""
+    if isinstance(cfg, DictConfig) or OmegaConf.is_list(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def split_name(node: Mapping[str, Any], kind: str) -> tuple[str, dict[str, Any]]:
+    """``{"name": n, **kwargs}`` -> ``(n, kwargs)``, with a clear error when the name is missing."""
+    node = dict(to_plain(node))
+    if "name" not in node:
+        raise ValueError(f"the {kind} config needs a 'name' key; got keys {sorted(node)}")
+    return node.pop("name"), node
+
+
+class ComponentMismatchError(ValueError):
+    """Two composed parts disagree on a size."""
+
+
+def build_model(cfg: Mapping[str, Any], tokenizer: Tokenizer | None = None) -> OCRModel:
+    """Build encoder, projector and decoder from ``cfg`` and compose them.
+
+    ``cfg`` holds the nodes ``encoder``, ``projector``, ``decoder`` (each a registry ``name`` plus
+    keyword arguments), ``model`` (``image_newline``) and optionally ``tokenizer.path`` and
+    ``plugins`` (modules to import first, so user components can register).
+    """
+    import_plugins(to_plain(cfg.get("plugins")) or [])
+    if tokenizer is None:
+        tokenizer = load_tokenizer((cfg.get("tokenizer") or {}).get("path"))
+
+    encoder_name, encoder_kwargs = split_name(cfg["encoder"], "encoder")
+    decoder_name, decoder_kwargs = split_name(cfg["decoder"], "decoder")
+    projector_name, projector_kwargs = split_name(cfg["projector"], "projector")
+    encoder = create_encoder(encoder_name, **encoder_kwargs)
+    decoder = create_decoder(decoder_name, **decoder_kwargs)
+
+    expected_in = projector_kwargs.setdefault("in_dim", encoder.out_dim)
+    if expected_in != encoder.out_dim:
+        raise ComponentMismatchError(
+            f"encoder {encoder_name!r} outputs {encoder.out_dim} channels but projector "
+            f"{projector_name!r} expects in_dim={expected_in}"
+        )
+    expected_out = projector_kwargs.setdefault("out_dim", decoder.hidden_size)
+    if expected_out != decoder.hidden_size:
+        raise ComponentMismatchError(
+            f"projector {projector_name!r} outputs out_dim={expected_out} but decoder "
+            f"{decoder_name!r} has hidden_size={decoder.hidden_size}"
+        )
+    if tokenizer.vocab_size > decoder.vocab_size:
+        raise ComponentMismatchError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but decoder {decoder_name!r} has "
+            f"vocab_size={decoder.vocab_size}"
+        )
+    projector = create_projector(projector_name, **projector_kwargs)
+    model_cfg = to_plain(cfg.get("model") or {})
+    return OCRModel(
+        encoder,
+        projector,
+        decoder,
+        image_token_id=tokenizer.image_id,
+        image_newline=bool(model_cfg.get("image_newline", False)),
+    )

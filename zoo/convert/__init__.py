@@ -1,0 +1,1 @@
+"""Weight-name conversion between the zoo and other layouts (official releases, transformers)."""

@@ -1,0 +1,131 @@
+"""OCRModel: encoder -> projector -> decoder, with image embeddings spliced into the prompt.
+
+The data path of one page: pixels of each view -> ``encoder`` tokens -> ``projector`` to the
+decoder width -> ``assemble_image_embeddings`` lays the views out in the official order (newline
+and view-separator tokens included) -> those vectors replace the ``<image>`` placeholder
+positions of the prompt embeddings -> ``decoder``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from decoders.base import LanguageDecoder
+from decoders.generation import generate as generate_tokens
+from encoders.base import VisionEncoder
+from zoo.image_layout import assemble_image_embeddings
+from zoo.preprocessing import ImageBatch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class OCROutput:
+    """Forward result: ``loss`` is next-token cross-entropy over labelled positions only."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    past_key_values: object | None = None
+
+
+class OCRModel(nn.Module):
+    """A vision encoder, a projector and a language decoder composed into one OCR model."""
+
+    def __init__(
+        self,
+        encoder: VisionEncoder,
+        projector: nn.Module,
+        decoder: LanguageDecoder,
+        image_token_id: int,
+        image_newline: bool,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+        self.decoder = decoder
+        self.image_token_id = image_token_id
+        width = decoder.hidden_size
+        # Spelled as in the released checkpoints' ``view_seperator``; renamed here for readers.
+        self.view_separator = nn.Parameter(torch.randn(width) * width**-0.5)
+        self.image_newline = (
+            nn.Parameter(torch.randn(width) * width**-0.5) if image_newline else None
+        )
+
+    def encode(self, images: ImageBatch) -> list[torch.Tensor]:
+        """Per image, the ``[T_i, hidden]`` embeddings that replace its placeholder tokens."""
+        global_tokens = self.projector(self.encoder(images.global_views))
+        local_tokens = None
+        if images.local_views is not None and images.local_views.shape[0] > 0:
+            local_tokens = self.projector(self.encoder(images.local_views))
+        return assemble_image_embeddings(
+            global_tokens, local_tokens, images.crop_grids, self.view_separator, self.image_newline
+        )
+
+    def embed_inputs(
+        self, input_ids: torch.Tensor, images: ImageBatch | None = None
+    ) -> torch.Tensor:
+        """Token embeddings with the image embeddings written over the placeholder positions."""
+        embeds = self.decoder.embed(input_ids)
+        placeholders = input_ids == self.image_token_id
+        n_placeholders = int(placeholders.sum())
+        if images is None:
+            if n_placeholders:
+                raise ValueError(
+                    f"input_ids hold {n_placeholders} image placeholder tokens "
+                    f"(id {self.image_token_id}) but no images were given"
+                )
+            return embeds
+        features = torch.cat(self.encode(images)).to(embeds.dtype)
+        if features.shape[0] != n_placeholders:
+            raise ValueError(
+                f"the images give {features.shape[0]} embeddings but input_ids hold "
+                f"{n_placeholders} placeholder tokens (id {self.image_token_id}); build prompts "
+                "with the processor so each image gets num_image_tokens placeholders"
+            )
+        return embeds.masked_scatter(placeholders.unsqueeze(-1), features)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        images: ImageBatch | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: object | None = None,
+        use_cache: bool = False,
+    ) -> OCROutput:
+        embeds = self.embed_inputs(input_ids, images)
+        out = self.decoder(
+            embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                out.logits[:, :-1].flatten(0, 1).float(),
+                labels[:, 1:].flatten(),
+                ignore_index=IGNORE_INDEX,
+            )
+        return OCROutput(out.logits, loss, out.aux_loss, out.past_key_values)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        images: ImageBatch | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **generation_kwargs,
+    ) -> torch.Tensor:
+        """New token ids after each (left-padded) prompt; see ``decoders.generation.generate``."""
+        embeds = self.embed_inputs(input_ids, images)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return generate_tokens(self.decoder, embeds, attention_mask, **generation_kwargs)

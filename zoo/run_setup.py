@@ -1,0 +1,50 @@
+"""Turn a composed run config into the Lightning objects: datamodule, module, loggers, callbacks.
+
+Shared by ``zoo.train`` and ``zoo.evaluate`` so both read a config the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from lightning_modules.ocr_module import OCRLightningModule
+from zoo.build import split_name, to_plain
+from zoo.processor import OCRProcessor
+from zoo.registry import create_datamodule, import_plugins
+from zoo.tokenizer import load_tokenizer
+
+
+def make_processor(cfg: DictConfig) -> OCRProcessor:
+    """Tokenizer + image mode of the configured model."""
+    return OCRProcessor(
+        load_tokenizer(cfg.tokenizer.get("path")),
+        image_mode=to_plain(cfg.model.image_mode),
+        image_newline=bool(cfg.model.image_newline),
+    )
+
+
+def make_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    import_plugins(to_plain(cfg.get("plugins")) or [])
+    name, kwargs = split_name(cfg.data, "data")
+    return create_datamodule(name, processor=make_processor(cfg), **kwargs)
+
+
+def model_config(cfg: DictConfig) -> dict[str, Any]:
+    """The part of a run config that ``build_model`` reads."""
+    keys = ("encoder", "projector", "decoder", "model", "tokenizer", "plugins")
+    return {k: to_plain(cfg.get(k)) for k in keys}
+
+
+def make_module(cfg: DictConfig) -> OCRLightningModule:
+    return OCRLightningModule(model_config(cfg), **to_plain(cfg.module))
+
+
+def make_loggers_and_callbacks(cfg: DictConfig) -> tuple[list[Any], list[Any]]:
+    """Instantiate every ``_target_`` entry of the ``logger`` and ``callbacks`` nodes."""
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    return loggers, callbacks
