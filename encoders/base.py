@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -22,3 +25,17 @@ class VisionEncoder(nn.Module):
     def num_tokens(self, view_size: int) -> int:
         """Number of tokens ``forward`` returns for one ``view_size`` x ``view_size`` view."""
         raise NotImplementedError
+
+
+def create_tokenizer(spec: Mapping[str, Any]) -> VisionEncoder:
+    """The first stage of a composite encoder: registered encoder ``spec["name"]`` with the rest.
+
+    Composite encoders (``deepencoder``, ``causal_flow``) take their tokenizer as a config
+    mapping, so any registered encoder can be swapped in from a config.
+    """
+    from zoo.registry import create_encoder
+
+    spec = dict(spec)
+    if "name" not in spec:
+        raise ValueError(f"tokenizer must name a registered encoder under 'name', got {spec}")
+    return create_encoder(**spec)

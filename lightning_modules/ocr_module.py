@@ -32,11 +32,18 @@ class OCRLightningModule(L.LightningModule):
         freeze: list[str] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters({"model_cfg": to_plain(model_cfg)} | {
-            "lr": lr, "min_lr": min_lr, "weight_decay": weight_decay, "betas": tuple(betas),
-            "warmup_steps": warmup_steps, "aux_loss_weight": aux_loss_weight,
-            "freeze": list(freeze or []),
-        })
+        self.save_hyperparameters(
+            {"model_cfg": to_plain(model_cfg)}
+            | {
+                "lr": lr,
+                "min_lr": min_lr,
+                "weight_decay": weight_decay,
+                "betas": tuple(betas),
+                "warmup_steps": warmup_steps,
+                "aux_loss_weight": aux_loss_weight,
+                "freeze": list(freeze or []),
+            }
+        )
         self.model = build_model(self.hparams.model_cfg)
         self._freeze(self.hparams.freeze)
         self._step_started = 0.0
@@ -85,4 +92,7 @@ class OCRLightningModule(L.LightningModule):
         )
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
         scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr / hp.lr)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

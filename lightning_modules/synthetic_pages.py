@@ -1,4 +1,4 @@
-"""A minimal synthetic page generator: columns of words whose reading order differs from raster order.
+"""A minimal synthetic page generator: word columns whose reading order differs from raster order.
 
 Each page is a title followed by one or two columns of short paragraphs. With two columns a
 raster scan reads across both columns, while the markdown ground truth reads the left column

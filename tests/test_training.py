@@ -63,6 +63,7 @@ def test_train_run_writes_checkpoint_and_metrics(tmp_path):
             "callbacks.model_checkpoint.every_n_train_steps=2",
             "data.num_val=2",
             "data.batch_size=2",
+            "trainer.log_every_n_steps=1",
         ]
     )
     metrics = train(cfg)

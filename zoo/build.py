@@ -1,4 +1,4 @@
-"""``build_model(cfg)``: compose registered parts into an :class:`OCRModel`, checking their sizes."""
+"""``build_model(cfg)``: compose registered parts into an :class:`OCRModel`, checking sizes."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def build_model(cfg: Mapping[str, Any], tokenizer: Tokenizer | None = None) -> O
     """Build encoder, projector and decoder from ``cfg`` and compose them.
 
     ``cfg`` holds the nodes ``encoder``, ``projector``, ``decoder`` (each a registry ``name`` plus
-    keyword arguments), ``model`` (``image_newline``) and optionally ``tokenizer.path`` and
-    ``plugins`` (modules to import first, so user components can register).
+    keyword arguments), ``model`` (``image_mode``: a view-mode name or mapping) and optionally
+    ``tokenizer.path`` and ``plugins`` (modules to import first, so user components register).
     """
     import_plugins(to_plain(cfg.get("plugins")) or [])
     if tokenizer is None:
@@ -72,5 +72,5 @@ def build_model(cfg: Mapping[str, Any], tokenizer: Tokenizer | None = None) -> O
         projector,
         decoder,
         image_token_id=tokenizer.image_id,
-        image_newline=bool(model_cfg.get("image_newline", False)),
+        image_mode=model_cfg.get("image_mode"),
     )

@@ -8,19 +8,22 @@ positions of the prompt embeddings -> ``decoder``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from decoders.base import LanguageDecoder
 from decoders.generation import generate as generate_tokens
 from encoders.base import VisionEncoder
-from zoo.image_layout import assemble_image_embeddings
-from zoo.preprocessing import ImageBatch
+from zoo.image_layout import assemble_image_embeddings, num_image_tokens
+from zoo.preprocessing import ImageBatch, ViewMode, get_view_mode, preprocess
+from zoo.processor import IGNORE_INDEX
 
-IGNORE_INDEX = -100
+ViewModeSpec = ViewMode | str | Mapping[str, object] | None
 
 
 @dataclass
@@ -34,7 +37,11 @@ class OCROutput:
 
 
 class OCRModel(nn.Module):
-    """A vision encoder, a projector and a language decoder composed into one OCR model."""
+    """A vision encoder, a projector and a language decoder composed into one OCR model.
+
+    ``image_mode`` (a :class:`ViewMode` or its name) fixes how pages are cut into views and
+    laid out as tokens; v1 modes lay out rows with a learned newline vector, v2 does not.
+    """
 
     def __init__(
         self,
@@ -42,19 +49,38 @@ class OCRModel(nn.Module):
         projector: nn.Module,
         decoder: LanguageDecoder,
         image_token_id: int,
-        image_newline: bool,
+        image_mode: ViewModeSpec = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.projector = projector
         self.decoder = decoder
         self.image_token_id = image_token_id
+        self.image_mode = get_view_mode(image_mode)
         width = decoder.hidden_size
         # Spelled as in the released checkpoints' ``view_seperator``; renamed here for readers.
         self.view_separator = nn.Parameter(torch.randn(width) * width**-0.5)
         self.image_newline = (
-            nn.Parameter(torch.randn(width) * width**-0.5) if image_newline else None
+            nn.Parameter(torch.randn(width) * width**-0.5) if self.image_mode.newlines else None
         )
+
+    def _mode(self, mode: ViewModeSpec) -> ViewMode:
+        """``mode`` (default: the model's); refused when its token layout is not the model's."""
+        chosen = self.image_mode if mode is None else get_view_mode(mode)
+        if chosen.newlines != self.image_mode.newlines:
+            raise ValueError(
+                f"view mode {chosen.name!r} {'uses' if chosen.newlines else 'has no'} newline "
+                f"tokens but this model was built for mode {self.image_mode.name!r}"
+            )
+        return chosen
+
+    def preprocess(self, images: Sequence[Image.Image], mode: ViewModeSpec = None) -> ImageBatch:
+        """The views of ``images`` in ``mode`` (default: the model's view mode)."""
+        return preprocess(images, self._mode(mode))
+
+    def num_image_tokens(self, width: int, height: int, mode: ViewModeSpec = None) -> int:
+        """Placeholder tokens a ``width x height`` page takes in ``mode``."""
+        return num_image_tokens(width, height, self._mode(mode))
 
     def encode(self, images: ImageBatch) -> list[torch.Tensor]:
         """Per image, the ``[T_i, hidden]`` embeddings that replace its placeholder tokens."""
@@ -128,4 +154,5 @@ class OCRModel(nn.Module):
         embeds = self.embed_inputs(input_ids, images)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        generation_kwargs.setdefault("prompt_ids", input_ids)
         return generate_tokens(self.decoder, embeds, attention_mask, **generation_kwargs)

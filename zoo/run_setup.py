@@ -23,7 +23,7 @@ def make_processor(cfg: DictConfig) -> OCRProcessor:
     return OCRProcessor(
         load_tokenizer(cfg.tokenizer.get("path")),
         image_mode=to_plain(cfg.model.image_mode),
-        image_newline=bool(cfg.model.image_newline),
+        max_answer_tokens=cfg.model.get("max_answer_tokens"),
     )
 
 

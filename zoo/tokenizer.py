@@ -32,7 +32,7 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """UTF-8 bytes as ids 0..255, then the special tokens; lossless for any text, no files needed."""
+    """UTF-8 bytes as ids 0..255, then the special tokens: lossless for any text, needs no files."""
 
     SPECIALS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, IMAGE_TOKEN, GROUNDING_TOKEN)
 
@@ -77,7 +77,7 @@ class ByteTokenizer:
 
 
 class PretrainedTokenizer:
-    """The official DeepSeek-OCR tokenizer (or any transformers tokenizer) from a local directory."""
+    """The official DeepSeek-OCR tokenizer (or any transformers tokenizer) from a local folder."""
 
     def __init__(self, path: str | Path) -> None:
         from transformers import AutoTokenizer

@@ -1,4 +1,4 @@
-"""``python -m zoo.train [overrides]``: train an OCR model with Lightning from the Hydra config tree.
+"""``python -m zoo.train [overrides]``: train an OCR model with Lightning from the Hydra configs.
 
 The defaults train the tiny DeepSeek-OCR 2 system on synthetic pages on the CPU; every part is a
 Hydra override (``encoder=deepencoder``, ``model=deepseek_ocr``, ``size=full``, ``trainer=gpu``,

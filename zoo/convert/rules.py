@@ -49,6 +49,8 @@ def rename_state_dict(
 def prefixed(prefix_from: str, prefix_to: str, rules: Iterable[RenameRule]) -> list[RenameRule]:
     """Rules of a sub-module re-rooted: ``prefix_from + key`` -> ``prefix_to + renamed``."""
     return [
-        RenameRule(re.escape(prefix_from) + r.pattern, prefix_to.replace("\\", "\\\\") + r.replacement)
+        RenameRule(
+            re.escape(prefix_from) + r.pattern, prefix_to.replace("\\", "\\\\") + r.replacement
+        )
         for r in rules
     ]

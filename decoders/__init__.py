@@ -1,0 +1,19 @@
+"""Language decoders: DeepSeek-3B-MoE (MHA as released, MLA as an option), a light dense LM, and
+KV-cache generation. Importing the package registers ``deepseek_moe`` and ``dense_lm``."""
+
+from decoders.base import DecoderOutput, LanguageDecoder
+from decoders.deepseek_moe import DeepseekMoEDecoder
+from decoders.dense import DenseDecoder
+from decoders.generation import generate
+from decoders.kv_cache import KVCache
+from decoders.parameter_count import count_parameters
+
+__all__ = [
+    "DecoderOutput",
+    "DeepseekMoEDecoder",
+    "DenseDecoder",
+    "KVCache",
+    "LanguageDecoder",
+    "count_parameters",
+    "generate",
+]

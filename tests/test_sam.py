@@ -1,0 +1,154 @@
+"""SAM ViT-B tokenizer: parity with transformers' DeepSeek-OCR 2 SAM encoder, sizes, counts.
+
+The oracle is ``DeepseekOcr2SamVisionEncoder`` (eager attention, i.e. scores + bias, softmax)
+loaded with the zoo model's weights through the rename rules. transformers zero-initialises
+the relative and absolute positions, so every weight is randomised first.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.deepseek_ocr2.configuration_deepseek_ocr2 import (
+    DeepseekOcr2SamVisionConfig,
+)
+from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import DeepseekOcr2SamVisionEncoder
+
+from encoders.sam import SamViTB, merge_windows, partition_windows, resize_positions
+from zoo.convert.deepseek_ocr2_vision import TRANSFORMERS_FROM_SAM
+from zoo.convert.rules import rename_state_dict
+from zoo.registry import create_encoder
+
+# One windowed and one global block; real patch size, window and view sizes.
+TINY_SAM = {
+    "width": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "global_attn_indexes": (1,),
+    "neck_dim": 16,
+    "downsample_channels": (24, 32),
+}
+
+
+@torch.no_grad()
+def randomize_(module: nn.Module, seed: int = 0) -> None:
+    """Give every parameter random values of a sensible scale (norm weights around 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in module.named_parameters():
+        noise = torch.randn(parameter.shape, generator=generator)
+        if parameter.ndim == 1 and name.endswith("weight"):  # norm gains
+            parameter.copy_(1 + 0.1 * noise)
+        elif parameter.ndim == 1:
+            parameter.copy_(0.1 * noise)
+        elif "pos" in name or "queries" in name:  # position tables, learnable queries
+            parameter.copy_(0.5 * noise)
+        else:  # linear and conv weights: unit-variance outputs
+            parameter.copy_(noise / parameter[0].numel() ** 0.5)
+
+
+def transformers_sam(zoo: SamViTB, **config: object) -> DeepseekOcr2SamVisionEncoder:
+    """transformers' SAM encoder with the zoo model's weights."""
+    hf_config = DeepseekOcr2SamVisionConfig(**config)
+    hf_config._attn_implementation = "eager"
+    model = DeepseekOcr2SamVisionEncoder(hf_config).eval()
+    state, unmatched = rename_state_dict(zoo.state_dict(), TRANSFORMERS_FROM_SAM)
+    assert unmatched == []
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def test_matches_transformers_on_1024_768_and_non_square_views():
+    zoo = SamViTB(**TINY_SAM).eval()
+    randomize_(zoo)
+    oracle = transformers_sam(
+        zoo,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        global_attn_indexes=[1],
+        output_channels=16,
+        downsample_channels=[24, 32],
+    )
+    torch.manual_seed(0)
+    for (height, width), batch in (((1024, 1024), 2), ((768, 768), 2), ((768, 1024), 1)):
+        pixels = torch.randn(batch, 3, height, width)
+        with torch.no_grad():
+            ours = zoo.forward_features(pixels)
+            expected = oracle(pixels).last_hidden_state
+        assert ours.shape == (batch, 32, height // 64, width // 64)
+        assert ours.std() > 0.1  # a meaningful signal, not a vanishing one
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+        tokens = zoo(pixels)
+        torch.testing.assert_close(tokens, ours.flatten(2).transpose(1, 2))
+
+
+@pytest.mark.parametrize("view,tokens", [(512, 64), (640, 100), (768, 144), (1024, 256)])
+def test_num_tokens_matches_the_papers_and_the_forward(view, tokens):
+    zoo = SamViTB(**{**TINY_SAM, "global_attn_indexes": ()})
+    assert zoo.num_tokens(view) == tokens
+    with torch.no_grad():
+        assert zoo(torch.zeros(1, 3, view, view)).shape == (1, tokens, 32)
+
+
+def test_windows_round_trip_with_padding():
+    x = torch.randn(2, 10, 9, 3)
+    windows = partition_windows(x, 4)  # padded to 12 x 12: 9 windows per image
+    assert windows.shape == (18, 4, 4, 3)
+    torch.testing.assert_close(windows[0], x[0, :4, :4])
+    assert windows[8].abs().sum() > 0 and windows[8, 2:, :].abs().sum() == 0  # bottom padding
+    torch.testing.assert_close(merge_windows(windows, 10, 9), x)
+
+
+def test_position_resize_is_antialiased_bicubic_and_native_grid_is_untouched():
+    table = torch.randn(1, 64, 64, 8)
+    assert resize_positions(table, 64, 64) is table
+    resized = resize_positions(table, 48, 48)
+    direct = F.interpolate(
+        table.permute(0, 3, 1, 2), (48, 48), mode="bicubic", antialias=True, align_corners=False
+    ).permute(0, 2, 3, 1)
+    torch.testing.assert_close(resized, direct)
+
+
+def sam_parameter_count(
+    width: int = 768,
+    depth: int = 12,
+    mlp_dim: int = 3072,
+    heads: int = 12,
+    grid: int = 64,
+    window: int = 14,
+    global_blocks: int = 4,
+    patch: int = 16,
+    neck: int = 256,
+    compressor: tuple[int, int] = (512, 896),
+) -> int:
+    """SAM ViT-B + neck + compressor parameters, from the architecture."""
+    head_dim = width // heads
+    block = 2 * 2 * width + (3 * width * width + 3 * width) + (width * width + width)
+    block += (width * mlp_dim + mlp_dim) + (mlp_dim * width + width)
+    rel_pos = global_blocks * 2 * (2 * grid - 1) * head_dim
+    rel_pos += (depth - global_blocks) * 2 * (2 * window - 1) * head_dim
+    embed = 3 * patch * patch * width + width + grid * grid * width
+    neck_params = width * neck + 2 * neck + 9 * neck * neck + 2 * neck
+    compress = 9 * neck * compressor[0] + 9 * compressor[0] * compressor[1]
+    return depth * block + rel_pos + embed + neck_params + compress
+
+
+@pytest.mark.parametrize("compressor", [(512, 896), (512, 1024)])
+def test_full_size_parameter_count_on_meta(compressor):
+    with torch.device("meta"):
+        model = create_encoder("sam_vitb", downsample_channels=compressor)
+    count = sum(p.numel() for p in model.parameters())
+    print(f"SAM ViT-B tokenizer {compressor}: {count / 1e6:.2f}M parameters")
+    assert count == sam_parameter_count(compressor=compressor)
+    assert 80e6 < count < 97e6
+    assert model.out_dim == compressor[1] and model.num_tokens(1024) == 256
+
+
+def test_rejects_bad_inputs():
+    zoo = SamViTB(**TINY_SAM)
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\], got shape \(3, 64, 64\)"):
+        zoo(torch.zeros(3, 64, 64))
+    with pytest.raises(ValueError, match="global_attn_indexes \\[5\\] are outside 0..1"):
+        SamViTB(**{**TINY_SAM, "global_attn_indexes": (5,)})

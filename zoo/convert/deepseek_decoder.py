@@ -1,0 +1,221 @@
+"""DeepSeek-3B-MoE decoder weights: zoo layout <-> official release <-> transformers' DeepseekOcr2.
+
+Zoo keys are relative to the decoder root (``embed_tokens.weight``, ``layers.N.…``,
+``norm.weight``, ``lm_head.weight``). The other layouts are whole-model keys:
+
+* official (``deepseek-ai/DeepSeek-OCR``, ``-OCR-2``): the decoder is under ``model.``
+  (``model.embed_tokens``, ``model.layers.N``, ``model.norm``) plus top-level ``lm_head``;
+  ``model.`` is stripped. Experts are separate tensors ``mlp.experts.E.{gate,up,down}_proj``.
+* transformers (``DeepseekOcr2ForConditionalGeneration``): the decoder is under
+  ``model.language_model.`` plus top-level ``lm_head``; ``model.language_model.`` is stripped
+  (the ``prefix`` argument; ``"model."`` for transformers' ``DeepseekV2ForCausalLM``).
+  Experts are stacked ``mlp.experts.gate_up_proj`` ``[E, 2I, H]`` and ``down_proj`` ``[E, H, I]``.
+
+Both name the router ``mlp.gate``; the zoo calls it ``mlp.router``. The zoo stacks experts
+input-major: ``mlp.experts.w_gate_up`` ``[E, H, 2I]`` (gate columns first) and
+``mlp.experts.w_down`` ``[E, I, H]``. ``*_to_zoo`` read only the decoder's keys of a
+whole-model state dict (vision keys are left to their own converters) and fail on a decoder
+key they do not know.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+from zoo.convert.rules import RenameRule, rename_key
+
+# Keys that differ only by prefix (relative to a layout's decoder root), and the router rename.
+_SAME_NAME = RenameRule(
+    r"(lm_head\.weight|embed_tokens\.weight|norm\.weight|layers\.\d+\."
+    r"(?:self_attn\.\w+|input_layernorm|post_attention_layernorm"
+    r"|mlp\.(?:shared_experts\.)?(?:gate|up|down)_proj)\.weight)",
+    r"\1",
+)
+_TO_ZOO = (
+    RenameRule(r"layers\.(\d+)\.mlp\.gate\.weight", r"layers.\1.mlp.router.weight"),
+    _SAME_NAME,
+)
+_FROM_ZOO = (
+    RenameRule(r"layers\.(\d+)\.mlp\.router\.weight", r"layers.\1.mlp.gate.weight"),
+    _SAME_NAME,
+)
+_ZOO_EXPERTS = re.compile(r"layers\.(\d+)\.mlp\.experts\.(w_gate_up|w_down)")
+_OFFICIAL_EXPERTS = re.compile(r"layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight")
+_TRANSFORMERS_EXPERTS = re.compile(r"layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)")
+
+OFFICIAL_PREFIX = "model."
+TRANSFORMERS_PREFIX = "model.language_model."
+LM_HEAD = "lm_head.weight"
+_BODY = ("embed_tokens.", "layers.", "norm.")
+
+
+def _decoder_entries(
+    state_dict: Mapping[str, torch.Tensor], prefix: str
+) -> Iterator[tuple[str, str, torch.Tensor]]:
+    """``(key, key relative to the decoder root, tensor)`` for the decoder's keys under ``prefix``
+    (plus the top-level LM head); other keys (vision, projector) are skipped."""
+    for key, tensor in state_dict.items():
+        rest = key[len(prefix) :] if key.startswith(prefix) else ""
+        if key == LM_HEAD or rest.startswith(_BODY):
+            yield key, rest or key, tensor
+
+
+def _rename(key: str, rest: str, rules: tuple[RenameRule, ...], layout: str) -> str:
+    renamed = rename_key(rest, rules)
+    if renamed is None:
+        raise KeyError(f"{layout} decoder key {key!r} is not a DeepSeek-MoE decoder weight")
+    return renamed
+
+
+def official_to_zoo(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Decoder weights of an official checkpoint, in zoo names (per-expert tensors stacked)."""
+    out: dict[str, torch.Tensor] = {}
+    experts: dict[int, dict[tuple[int, str], torch.Tensor]] = defaultdict(dict)
+    for key, rest, tensor in _decoder_entries(state_dict, OFFICIAL_PREFIX):
+        match = _OFFICIAL_EXPERTS.fullmatch(rest)
+        if match:
+            experts[int(match[1])][(int(match[2]), match[3])] = tensor
+        else:
+            out[_rename(key, rest, _TO_ZOO, "official")] = tensor
+    for layer, parts in experts.items():
+        out.update(_stack_experts(layer, parts))
+    return out
+
+
+def _stack_experts(
+    layer: int, parts: Mapping[tuple[int, str], torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Per-expert ``[I, H]``/``[H, I]`` tensors of one layer -> the zoo's two stacked tensors."""
+    count = 1 + max(index for index, _ in parts)
+    missing = [
+        f"experts.{index}.{name}_proj"
+        for index in range(count)
+        for name in ("gate", "up", "down")
+        if (index, name) not in parts
+    ]
+    if missing:
+        raise KeyError(f"layer {layer} lacks expert weights: {', '.join(missing[:6])}")
+
+    def stacked(name: str) -> torch.Tensor:
+        return torch.stack([parts[index, name] for index in range(count)])
+
+    gate_up = torch.cat((stacked("gate"), stacked("up")), dim=1)
+    return {
+        f"layers.{layer}.mlp.experts.w_gate_up": gate_up.transpose(1, 2).contiguous(),
+        f"layers.{layer}.mlp.experts.w_down": stacked("down").transpose(1, 2).contiguous(),
+    }
+
+
+def _exported_key(key: str, prefix: str) -> str:
+    """A zoo key (other than an expert stack) in a layout whose decoder sits under ``prefix``."""
+    renamed = _rename(key, key, _FROM_ZOO, "zoo")
+    return renamed if key == LM_HEAD else prefix + renamed
+
+
+def _split_experts(layer: str, name: str, stacked: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One zoo expert stack -> the official per-expert ``[I, H]``/``[H, I]`` tensors."""
+    prefix = f"{OFFICIAL_PREFIX}layers.{layer}.mlp.experts"
+    out = {}
+    for index, expert in enumerate(stacked.transpose(1, 2)):
+        if name == "w_down":
+            out[f"{prefix}.{index}.down_proj.weight"] = expert.clone()
+        else:
+            gate, up = expert.chunk(2, dim=0)
+            out[f"{prefix}.{index}.gate_proj.weight"] = gate.clone()
+            out[f"{prefix}.{index}.up_proj.weight"] = up.clone()
+    return out
+
+
+def zoo_to_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Zoo decoder weights in the official checkpoint's names (experts split per expert)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        match = _ZOO_EXPERTS.fullmatch(key)
+        if match is None:
+            out[_exported_key(key, OFFICIAL_PREFIX)] = tensor
+        else:
+            out.update(_split_experts(match[1], match[2], tensor))
+    return out
+
+
+def transformers_to_zoo(
+    state_dict: Mapping[str, torch.Tensor], prefix: str = TRANSFORMERS_PREFIX
+) -> dict[str, torch.Tensor]:
+    """Decoder weights of a transformers ``DeepseekOcr2ForConditionalGeneration``, in zoo names.
+
+    ``prefix="model."`` reads transformers' ``DeepseekV2ForCausalLM`` (MLA layers included).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, rest, tensor in _decoder_entries(state_dict, prefix):
+        match = _TRANSFORMERS_EXPERTS.fullmatch(rest)
+        if match is None:
+            out[_rename(key, rest, _TO_ZOO, "transformers")] = tensor
+        else:
+            name = "w_gate_up" if match[2] == "gate_up_proj" else "w_down"
+            out[f"layers.{match[1]}.mlp.experts.{name}"] = tensor.transpose(1, 2).contiguous()
+    return out
+
+
+def zoo_to_transformers(
+    state_dict: Mapping[str, torch.Tensor], prefix: str = TRANSFORMERS_PREFIX
+) -> dict[str, torch.Tensor]:
+    """Zoo decoder weights in transformers' ``DeepseekOcr2ForConditionalGeneration`` names
+    (``DeepseekV2ForCausalLM``'s with ``prefix="model."``)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        match = _ZOO_EXPERTS.fullmatch(key)
+        if match is None:
+            out[_exported_key(key, prefix)] = tensor
+        else:
+            name = "gate_up_proj" if match[2] == "w_gate_up" else "down_proj"
+            stacked = tensor.transpose(1, 2).contiguous()
+            out[f"{prefix}layers.{match[1]}.mlp.experts.{name}"] = stacked
+    return out
+
+
+def official_config_to_kwargs(language_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``deepseek_moe`` constructor arguments from an official ``language_config`` mapping."""
+    kwargs: dict[str, Any] = {
+        name: language_config[name]
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "first_k_dense_replace",
+            "n_routed_experts",
+            "moe_intermediate_size",
+            "num_experts_per_tok",
+            "n_shared_experts",
+            "topk_method",
+            "n_group",
+            "topk_group",
+            "norm_topk_prob",
+            "routed_scaling_factor",
+            "aux_loss_alpha",
+            "rope_theta",
+            "rms_norm_eps",
+        )
+        if language_config.get(name) is not None
+    }
+    if language_config.get("seq_aux") is not None:
+        kwargs["aux_loss_level"] = "sequence" if language_config["seq_aux"] else "batch"
+    if language_config.get("use_mla", language_config.get("kv_lora_rank") is not None):
+        kwargs["attention"] = "mla"
+        kwargs["mla"] = {
+            name: language_config[name]
+            for name in (
+                "q_lora_rank",
+                "kv_lora_rank",
+                "qk_nope_head_dim",
+                "qk_rope_head_dim",
+                "v_head_dim",
+            )
+        }
+    return kwargs

@@ -1,0 +1,43 @@
+"""OmniDocBench v1.5 end-to-end evaluation, reproducing the official evaluator's numbers.
+
+Read the ground truth (:func:`load_ground_truth`), match each page's predicted markdown to it
+(:func:`match_page`), then score (:func:`page_records`, :func:`summarize`).
+:func:`zoo.evaluate_predictions.score_predictions` does all of it for a folder of ``.md`` files.
+"""
+
+from zoo.omnidocbench.distance import edit_distance, normalized_edit_distance
+from zoo.omnidocbench.ground_truth import (
+    PAGE_TYPES,
+    GroundTruthError,
+    GroundTruthPage,
+    load_ground_truth,
+    parse_ground_truth,
+    select_pages,
+)
+from zoo.omnidocbench.markdown_blocks import Block, split_markdown
+from zoo.omnidocbench.normalize import normalize_formula, normalize_table_html, normalize_text
+from zoo.omnidocbench.pages import PageMatches, match_page
+from zoo.omnidocbench.scores import METRIC_KEYS, page_records, summarize
+from zoo.omnidocbench.teds import teds
+
+__all__ = [
+    "METRIC_KEYS",
+    "PAGE_TYPES",
+    "Block",
+    "GroundTruthError",
+    "GroundTruthPage",
+    "PageMatches",
+    "edit_distance",
+    "load_ground_truth",
+    "match_page",
+    "normalize_formula",
+    "normalize_table_html",
+    "normalize_text",
+    "normalized_edit_distance",
+    "page_records",
+    "parse_ground_truth",
+    "select_pages",
+    "split_markdown",
+    "summarize",
+    "teds",
+]
