@@ -1,3 +1,7 @@
 """Lightning glue: the training module, datamodules (registered on import), metrics."""
 
-from lightning_modules import synthetic_datamodule  # noqa: F401  (registers synthetic_pages)
+from lightning_modules import (  # noqa: F401  (importing registers the datamodules)
+    jsonl_datamodule,
+    omnidocbench_datamodule,
+    synthetic_datamodule,
+)

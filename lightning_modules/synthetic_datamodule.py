@@ -1,33 +1,52 @@
-"""The ``synthetic_pages`` datamodule: pages rendered on the fly, the zero-setup default data."""
+"""The ``synthetic_pages`` datamodule: layout-engine pages rendered on the fly, the zero-setup
+default data of ``zoo.train``."""
 
 from __future__ import annotations
 
-import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from typing import Any
 
-from lightning_modules.synthetic_pages import SyntheticPage, render_page
+from torch.utils.data import Dataset
+
+from lightning_modules.page_data import MARKDOWN_PROMPT, PageDataModule, PageSample
+from lightning_modules.page_markdown import check_target, page_answer
+from lightning_modules.synthetic_pages import LayoutStyle, PagePlan, paint, plan_page
 from zoo.processor import OCRProcessor
 from zoo.registry import register_datamodule
 
-FREE_OCR_PROMPT = "<image>\nFree OCR."
-
 
 class SyntheticPageDataset(Dataset):
-    """``length`` pages of the deterministic stream ``seed``."""
+    """``length`` pages of the deterministic stream ``seed``; answers in the ``target`` form."""
 
-    def __init__(self, seed: int, length: int, **render_kwargs) -> None:
-        self.seed, self.length, self.render_kwargs = seed, length, render_kwargs
+    def __init__(
+        self, seed: int, length: int, page_size: int, style: dict[str, Any], target: str
+    ) -> None:
+        LayoutStyle(**style)  # fail at construction on a bad style, not in a worker
+        self.seed, self.length, self.page_size = seed, length, page_size
+        self.style, self.target = style, check_target(target)
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> SyntheticPage:
-        return render_page(self.seed, index, **self.render_kwargs)
+    def _plan(self, index: int) -> PagePlan:
+        if not 0 <= index < self.length:
+            raise IndexError(f"page {index} out of range for {self.length} synthetic pages")
+        return plan_page(self.seed, index, self.page_size, **self.style)
+
+    def _answer(self, plan: PagePlan) -> str:
+        return page_answer(plan.blocks, self.target, (self.page_size, self.page_size))
+
+    def describe(self, index: int) -> tuple[str, tuple[int, int]]:
+        """Answer and size of a page, from its layout alone (no pixels)."""
+        return self._answer(self._plan(index)), (self.page_size, self.page_size)
+
+    def __getitem__(self, index: int) -> PageSample:
+        plan = self._plan(index)
+        return PageSample(paint(plan), self._answer(plan))
 
 
 @register_datamodule("synthetic_pages")
-class SyntheticPagesDataModule(L.LightningDataModule):
-    """Synthetic one- or two-column pages with markdown ground truth, rendered on the fly."""
+class SyntheticPagesDataModule(PageDataModule):
+    """Synthetic multi-column pages (headers, side bars, figures, tables, formulas), on the fly."""
 
     def __init__(
         self,
@@ -35,42 +54,19 @@ class SyntheticPagesDataModule(L.LightningDataModule):
         seed: int = 0,
         num_train: int = 10_000,
         num_val: int = 16,
+        page_size: int = 1024,
+        style: dict[str, Any] | None = None,
+        target: str = "markdown",
         batch_size: int = 4,
         num_workers: int = 0,
-        page_size: int = 1024,
-        max_columns: int = 2,
-        lines_per_column: int = 3,
-        prompt: str = FREE_OCR_PROMPT,
+        prompt: str = MARKDOWN_PROMPT,
+        bucket_by_length: bool = False,
+        bucket_batches: int = 32,
     ) -> None:
-        super().__init__()
-        self.processor = processor
-        self.batch_size, self.num_workers, self.prompt = batch_size, num_workers, prompt
-        render = {
-            "page_size": page_size,
-            "max_columns": max_columns,
-            "lines_per_column": lines_per_column,
-        }
-        # Validation pages come from another stream, so they are never seen in training.
-        self.train_set = SyntheticPageDataset(seed, num_train, **render)
-        self.val_set = SyntheticPageDataset(seed + 1, num_val, **render)
-
-    def collate(self, pages: list[SyntheticPage]) -> dict:
-        return self.processor(
-            [p.image for p in pages], [self.prompt] * len(pages), [p.markdown for p in pages]
+        super().__init__(
+            processor, batch_size, num_workers, prompt, bucket_by_length, bucket_batches
         )
-
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=self.collate,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        style = dict(style or {})
+        # Validation pages come from stream -1 - seed, which no training seed (>= 0) reaches.
+        self.train_set = SyntheticPageDataset(seed, num_train, page_size, style, target)
+        self.val_set = SyntheticPageDataset(-1 - seed, num_val, page_size, style, target)

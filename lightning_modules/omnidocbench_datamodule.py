@@ -1,0 +1,130 @@
+"""The ``omnidocbench`` datamodule: a benchmark folder (ground-truth JSON + ``images/``) as
+training pages with reading-order markdown, and as prediction inputs for ``zoo.evaluate``."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from lightning_modules.page_data import (
+    MARKDOWN_PROMPT,
+    ImageFileDataset,
+    ImagePredictionDataset,
+    PageDataModule,
+    collate_predictions,
+    image_size,
+)
+from lightning_modules.page_markdown import blocks_markdown, check_target, page_answer
+from zoo.omnidocbench import GroundTruthPage, load_ground_truth, select_pages
+from zoo.processor import OCRProcessor
+from zoo.registry import register_datamodule
+
+
+def find_ground_truth(root: Path, ground_truth: str | None = None) -> Path:
+    """``root / ground_truth`` when given, else the one ``*.json`` file directly in ``root``."""
+    if ground_truth is not None:
+        path = root / ground_truth
+        if not path.is_file():
+            raise FileNotFoundError(f"ground_truth={ground_truth!r}: no file {path}")
+        return path
+    candidates = sorted(root.glob("*.json"))
+    if len(candidates) != 1:
+        names = [c.name for c in candidates] or "none"
+        raise FileNotFoundError(
+            f"{root}: expected exactly one ground-truth *.json file, found {names}; "
+            "name it with ground_truth=..."
+        )
+    return candidates[0]
+
+
+def load_benchmark_pages(
+    root: Path | str,
+    ground_truth: str | None = None,
+    page_filter: dict | None = None,
+) -> list[GroundTruthPage]:
+    """The benchmark's pages whose attributes match ``page_filter`` (e.g. ``{"language":
+    "english"}`` or ``{"data_source": "academic_literature"}``), in file order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"root={root}: expected an OmniDocBench folder (JSON + images/)")
+    return select_pages(load_ground_truth(find_ground_truth(root, ground_truth)), page_filter)
+
+
+def prediction_dataset(
+    root: Path | str,
+    ground_truth: str | None = None,
+    images: str = "images",
+    page_filter: dict | None = None,
+) -> ImagePredictionDataset:
+    """``(image name, image)`` of every selected benchmark page, in ground-truth order, for a
+    model to transcribe (no processor needed); unreadable images yield None."""
+    pages = load_benchmark_pages(root, ground_truth, page_filter)
+    return ImagePredictionDataset([Path(root) / images / page.image_name for page in pages])
+
+
+def page_markdown(page: GroundTruthPage) -> str:
+    """A benchmark page's ground truth as markdown in reading order."""
+    return blocks_markdown(page.blocks, page.relations)
+
+
+@register_datamodule("omnidocbench")
+class OmniDocBenchDataModule(PageDataModule):
+    """OmniDocBench pages (JSON + images) with reading-order markdown, to fine-tune or evaluate."""
+
+    def __init__(
+        self,
+        processor: OCRProcessor,
+        root: str,
+        ground_truth: str | None = None,
+        images: str = "images",
+        page_filter: dict | None = None,
+        target: str = "markdown",
+        val_pages: int = 0,
+        seed: int = 0,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        prompt: str = MARKDOWN_PROMPT,
+        bucket_by_length: bool = True,
+        bucket_batches: int = 32,
+    ) -> None:
+        super().__init__(
+            processor, batch_size, num_workers, prompt, bucket_by_length, bucket_batches
+        )
+        self.pages = load_benchmark_pages(root, ground_truth, page_filter)
+        if not self.pages:
+            raise ValueError(f"root={root}: no page matches page_filter={page_filter}")
+        if not 0 <= val_pages < len(self.pages):
+            raise ValueError(
+                f"val_pages={val_pages}: expected 0 (validate on the training pages) up to "
+                f"{len(self.pages) - 1} for {len(self.pages)} pages"
+            )
+        self.image_dir = Path(root) / images
+        entries = [self._entry(page, check_target(target)) for page in self.pages]
+        held_out = set(random.Random(seed).sample(range(len(entries)), val_pages))
+        train = [e for i, e in enumerate(entries) if i not in held_out]
+        val = [e for i, e in enumerate(entries) if i in held_out] or train
+        self.train_set, self.val_set = ImageFileDataset(train), ImageFileDataset(val)
+
+    def _entry(self, page: GroundTruthPage, target: str) -> tuple[Path, str]:
+        """Image path and answer; a grounded answer needs the page size from the image header
+        (an unreadable image keeps the plain markdown, and is skipped when loaded)."""
+        path = self.image_dir / page.image_name
+        size = image_size(path) if target != "markdown" else None
+        if size is None:
+            return path, page_answer(page.blocks, "markdown", (0, 0), page.relations)
+        return path, page_answer(page.blocks, target, size, page.relations)
+
+    def prediction_dataset(self) -> ImagePredictionDataset:
+        """Every selected page as ``(image name, image)``, in ground-truth order."""
+        return ImagePredictionDataset([self.image_dir / p.image_name for p in self.pages])
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of ``{"names": [...], "images": [...]}``; unreadable pages are left out."""
+        return DataLoader(
+            self.prediction_dataset(),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate_predictions,
+        )

@@ -1,0 +1,218 @@
+"""What every page datamodule shares: samples, image loading that survives bad files, length
+bucketing, collation through the :class:`OCRProcessor` and the dataloaders.
+
+A dataset yields :class:`PageSample` (image + markdown). Pages of a batch may have different
+sizes and so a different number of crops; the processor stacks them into one
+:class:`~zoo.preprocessing.ImageBatch`, so nothing here pads images. Length bucketing groups
+pages of similar token length (answer + image tokens) so a batch wastes little padding.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from PIL import Image
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
+
+from zoo.image_layout import num_image_tokens
+from zoo.processor import OCRProcessor
+
+log = logging.getLogger(__name__)
+
+MARKDOWN_PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
+FREE_OCR_PROMPT = "<image>\nFree OCR."
+
+
+@dataclass(frozen=True)
+class PageSample:
+    """One training page: the RGB image and its ground-truth markdown in reading order."""
+
+    image: Image.Image
+    markdown: str
+
+
+def load_image(path: Path | str) -> Image.Image | None:
+    """The RGB image at ``path``; None (and a warning naming the file and the reason) when it
+    cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        log.warning("skipping unreadable image %s: %s", path, error)
+        return None
+
+
+def image_size(path: Path | str) -> tuple[int, int] | None:
+    """Width and height from the file header (no decoding); None when unreadable."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+class ImageFileDataset(Dataset):
+    """Pages stored as image files with their markdown, decoded on access.
+
+    An unreadable image is logged and skipped: the next readable page takes its place, so a
+    bad file never breaks a batch or a run. Only when no file at all can be read is it an error.
+    """
+
+    def __init__(self, entries: Sequence[tuple[Path, str]]) -> None:
+        self.entries = list(entries)
+        self._unreadable: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def describe(self, index: int) -> tuple[str, tuple[int, int] | None]:
+        """Markdown and image size of a page without decoding it (for length bucketing)."""
+        path, markdown = self.entries[index]
+        return markdown, image_size(path)
+
+    def __getitem__(self, index: int) -> PageSample:
+        for offset in range(len(self.entries)):
+            candidate = (index + offset) % len(self.entries)
+            if candidate in self._unreadable:
+                continue
+            path, markdown = self.entries[candidate]
+            image = load_image(path)
+            if image is not None:
+                return PageSample(image, markdown)
+            self._unreadable.add(candidate)
+        first = self.entries[0][0] if self.entries else "(no entries)"
+        raise RuntimeError(f"none of the {len(self.entries)} images is readable (first: {first})")
+
+
+class LengthBucketBatchSampler(BatchSampler):
+    """Batches of pages of similar token length.
+
+    The indices of ``sampler`` (random for training, so every epoch differs) are taken in
+    chunks of ``batch_size * bucket_batches``; each chunk is sorted by ``length_of`` and cut
+    into batches, longest first so that a too-large batch fails early. Lightning can swap
+    ``sampler`` for a distributed one, so each rank buckets its own share.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int],
+        batch_size: int,
+        drop_last: bool,
+        length_of: Callable[[int], int],
+        bucket_batches: int = 32,
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        if bucket_batches < 1:
+            raise ValueError(f"bucket_batches must be >= 1, got {bucket_batches}")
+        self.length_of, self.bucket_batches = length_of, bucket_batches
+
+    def _batches(self, chunk: list[int]) -> Iterator[list[int]]:
+        ordered = sorted(chunk, key=self.length_of, reverse=True)
+        batches = [
+            ordered[k : k + self.batch_size] for k in range(0, len(ordered), self.batch_size)
+        ]
+        if self.drop_last and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        # The short remainder batch holds the shortest pages; keep it last.
+        yield from batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        chunk: list[int] = []
+        for index in self.sampler:
+            chunk.append(index)
+            if len(chunk) == self.batch_size * self.bucket_batches:
+                yield from self._batches(chunk)
+                chunk = []
+        if chunk:
+            yield from self._batches(chunk)
+
+
+class PageDataModule(L.LightningDataModule):
+    """Base of the page datamodules: subclasses set ``train_set`` and ``val_set`` (datasets of
+    :class:`PageSample` with a ``describe(index)`` method); this class batches them."""
+
+    train_set: Dataset
+    val_set: Dataset
+
+    def __init__(
+        self,
+        processor: OCRProcessor,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        prompt: str = MARKDOWN_PROMPT,
+        bucket_by_length: bool = False,
+        bucket_batches: int = 32,
+    ) -> None:
+        super().__init__()
+        if "<image>" not in prompt:
+            raise ValueError(f"prompt {prompt!r} needs an <image> marker, e.g. {MARKDOWN_PROMPT!r}")
+        self.processor, self.prompt = processor, prompt
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.bucket_by_length, self.bucket_batches = bucket_by_length, bucket_batches
+
+    def collate(self, pages: list[PageSample]) -> dict:
+        """Processor tensors of a batch; pages may differ in size and number of crops."""
+        return self.processor(
+            [p.image for p in pages], [self.prompt] * len(pages), [p.markdown for p in pages]
+        )
+
+    def token_length(self, markdown: str, size: tuple[int, int] | None) -> int:
+        """Answer tokens plus image tokens of a page (image tokens 0 when the size is unknown)."""
+        image_tokens = 0 if size is None else num_image_tokens(*size, self.processor.mode)
+        return len(self.processor.answer_ids(markdown)) + image_tokens
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        common = {
+            "num_workers": self.num_workers,
+            "collate_fn": self.collate,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if not self.bucket_by_length:
+            return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, **common)
+        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        batch_sampler = LengthBucketBatchSampler(
+            sampler,
+            self.batch_size,
+            drop_last=False,
+            length_of=lambda index: self.token_length(*dataset.describe(index)),
+            bucket_batches=self.bucket_batches,
+        )
+        return DataLoader(dataset, batch_sampler=batch_sampler, **common)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+class ImagePredictionDataset(Dataset):
+    """``(image name, image)`` for every file, to run a model on; an unreadable image yields
+    None (after a warning) and :func:`collate_predictions` drops it."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[str, Image.Image] | None:
+        image = load_image(self.paths[index])
+        return None if image is None else (self.paths[index].name, image)
+
+
+def collate_predictions(items: list[tuple[str, Image.Image] | None]) -> dict[str, list]:
+    """``{"names": [...], "images": [...]}`` of the readable pages of a batch (may be empty)."""
+    readable = [item for item in items if item is not None]
+    return {"names": [name for name, _ in readable], "images": [image for _, image in readable]}
