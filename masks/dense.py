@@ -1,68 +1,93 @@
-"""Compile a :class:`MaskSpec` over a layout to dense ``[T, T]`` masks for SDPA and eager attention.
+"""Compile a spec over a layout to dense masks for SDPA and eager attention.
 
-Rows are attending tokens, columns attended tokens. The boolean mask (True = may attend) is
-built in one gather from a label-pair table, with no loop over tokens, and cached per
-(spec, layout, device): an encoder that sees the same view size every step compiles it once.
-Cached tensors are shared between callers and must not be modified in place.
+Rows are attending tokens, columns attended tokens. A layout of one row gives a ``[T, T]``
+mask; a batch of several rows gives ``[B, 1, T, T]`` (the 1 broadcasts over heads). Each
+distinct view is compiled once, block by block of its segment pairs (one broadcast evaluation
+of the spec per block, no loop over tokens), then placed on the diagonal of its row; padding
+tokens get only their own diagonal cell. Results are cached per (spec, layout, device): an
+encoder that sees the same view size every step compiles its mask once. Cached tensors are
+shared between callers: never modify them in place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from functools import lru_cache
 
 import torch
 
-from masks.spec import Layout, MaskSpec, Segment, Visibility, as_layout
-
-_CODES = {Visibility.NONE: 0, Visibility.ALL: 1, Visibility.CAUSAL: 2}
+from masks.layout import BatchLayout, SegmentsLike, as_batch_layout
+from masks.spec import Layout, MaskSpec
 
 
 def dense_mask(
     spec: MaskSpec,
-    segments: Iterable[Segment | tuple[str, int]],
+    layout: BatchLayout | SegmentsLike,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Boolean ``[T, T]`` mask of ``spec`` over ``segments`` (True = may attend)."""
-    return _dense_mask(spec, as_layout(segments), torch.device(device or "cpu"))
+    """Boolean mask of ``spec`` over ``layout`` (True = may attend)."""
+    return _dense_mask(spec, as_batch_layout(layout), torch.device(device or "cpu"))
 
 
 def additive_mask(
     spec: MaskSpec,
-    segments: Iterable[Segment | tuple[str, int]],
+    layout: BatchLayout | SegmentsLike,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Float ``[T, T]`` mask to add to attention scores: 0 where allowed, the dtype's minimum
-    elsewhere (the convention of the official DeepSeek-OCR 2 encoder and transformers)."""
-    return _additive_mask(spec, as_layout(segments), dtype, torch.device(device or "cpu"))
+    """Float mask to add to attention scores: 0 where allowed, the dtype's minimum elsewhere
+    (the convention of the official DeepSeek-OCR 2 encoder and transformers)."""
+    return _additive_mask(spec, as_batch_layout(layout), dtype, torch.device(device or "cpu"))
+
+
+@lru_cache(maxsize=256)
+def view_mask(spec: MaskSpec, view: Layout, device: torch.device) -> torch.Tensor:
+    """``[L, L]`` boolean mask of one view; raises if a token of it may attend to nothing
+    (a softmax over nothing is NaN)."""
+    labels = tuple(dict.fromkeys(segment.label for segment in view))
+    allows = spec.predicate(labels, device)
+    label_ids = [torch.tensor(labels.index(s.label), device=device) for s in view]
+    ends = torch.tensor([s.length for s in view]).cumsum(0).tolist()
+    starts = [end - s.length for end, s in zip(ends, view, strict=True)]
+    index = torch.arange(ends[-1], device=device)
+    mask = torch.empty(ends[-1], ends[-1], dtype=torch.bool, device=device)
+    for q_label, q_start, q_end in zip(label_ids, starts, ends, strict=True):
+        q_index = index[q_start:q_end, None]
+        for k_label, k_start, k_end in zip(label_ids, starts, ends, strict=True):
+            mask[q_start:q_end, k_start:k_end] = allows(
+                q_label, k_label, q_index, index[None, k_start:k_end]
+            )
+    if device.type != "meta" and not bool(mask.any(dim=-1).all()):
+        blind_rows = (~mask.any(dim=-1)).nonzero()[:, 0].tolist()
+        token_labels = [s.label for s in view for _ in range(s.length)]  # error path only
+        blind = list(dict.fromkeys(token_labels[row] for row in blind_rows))
+        raise ValueError(
+            f"mask {spec.name!r} over {list(view)} leaves tokens of segment(s) {blind} with "
+            "nothing to attend to"
+        )
+    return mask
 
 
 @lru_cache(maxsize=64)
-def _dense_mask(spec: MaskSpec, layout: Layout, device: torch.device) -> torch.Tensor:
-    labels = list(dict.fromkeys(segment.label for segment in layout))
-    table = torch.tensor(
-        [[_CODES[spec.visibility(q, k)] for k in labels] for q in labels], device=device
-    )
-    label_ids = torch.tensor([labels.index(s.label) for s in layout], device=device)
-    lengths = torch.tensor([s.length for s in layout], device=device)
-    token_labels = label_ids.repeat_interleave(lengths)
-    codes = table[token_labels[:, None], token_labels[None, :]]
-    positions = torch.arange(token_labels.numel(), device=device)
-    causal = positions[None, :] <= positions[:, None]
-    allowed = (codes == _CODES[Visibility.ALL]) | ((codes == _CODES[Visibility.CAUSAL]) & causal)
-    if device.type != "meta" and allowed.numel() and not bool(allowed.any(dim=-1).all()):
-        blind = sorted({token_labels[i].item() for i in (~allowed.any(dim=-1)).nonzero()[:, 0]})
-        raise ValueError(
-            f"mask {spec.name!r} over {list(layout)} leaves tokens of segment(s) "
-            f"{[labels[i] for i in blind]} with nothing to attend to"
-        )
-    return allowed
+def _dense_mask(spec: MaskSpec, layout: BatchLayout, device: torch.device) -> torch.Tensor:
+    if layout.batch_size == 1 and len(layout.rows[0]) == 1:
+        return view_mask(spec, layout.rows[0][0], device)
+    length = layout.length
+    mask = torch.zeros(layout.batch_size, length, length, dtype=torch.bool, device=device)
+    for b, row in enumerate(layout.rows):
+        start = 0
+        for view in row:
+            block = view_mask(spec, view, device)
+            end = start + block.shape[0]
+            mask[b, start:end, start:end] = block
+            start = end
+        padding = torch.arange(start, length, device=device)
+        mask[b, padding, padding] = True  # padding sees only itself
+    return mask[0] if layout.batch_size == 1 else mask[:, None]
 
 
 @lru_cache(maxsize=64)
 def _additive_mask(
-    spec: MaskSpec, layout: Layout, dtype: torch.dtype, device: torch.device
+    spec: MaskSpec, layout: BatchLayout, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
     allowed = _dense_mask(spec, layout, device)
     blocked = torch.full(allowed.shape, torch.finfo(dtype).min, dtype=dtype, device=device)

@@ -16,7 +16,8 @@ import torch
 from transformers.models.deepseek_ocr2.configuration_deepseek_ocr2 import DeepseekOcr2VisionConfig
 from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import DeepseekOcr2VisionModel
 
-from encoders.causal_flow import CausalFlowEncoder
+from encoders.causal_flow import CausalFlowEncoder, sinusoidal_2d
+from masks import additive_mask, xformers_available
 from tests.test_sam import TINY_SAM, randomize_, sam_parameter_count
 from zoo.convert.deepseek_ocr2_vision import (
     CAUSAL_FLOW_FROM_OFFICIAL,
@@ -237,3 +238,154 @@ def test_transformers_names_map_one_to_one_with_equal_shapes():
     full = {"model.vision_tower." + n for n in theirs}
     assert {rename_key(z, TRANSFORMERS_FROM_CAUSAL_FLOW) for z in ours} == full
     assert {rename_key(n, CAUSAL_FLOW_FROM_TRANSFORMERS) for n in full} == set(ours)
+
+
+# ---- ablation options: attention backends, query counts, initialisation, positions ----------
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("backend", ["eager", "flex", "xformers"])
+def test_every_attention_backend_gives_the_default_outputs(backend):
+    if backend == "xformers" and not xformers_available():
+        pytest.skip("xformers needs the xformers package and a CUDA device")
+    pixels = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(3))
+    outputs = {}
+    for name in ("sdpa", backend):
+        zoo = tiny_encoder(query_sets={256: 16}, attn_backend=name)
+        randomize_(zoo)
+        with torch.no_grad():
+            outputs[name] = zoo(pixels)
+    print(f"{backend} vs sdpa: max abs diff {(outputs[backend] - outputs['sdpa']).abs().max():.2e}")
+    torch.testing.assert_close(outputs[backend], outputs["sdpa"], rtol=0, atol=1e-5)
+
+
+def test_an_unknown_or_unavailable_backend_is_an_error():
+    with pytest.raises(ValueError, match=r"unknown attn_backend 'fast'; valid: \['sdpa', 'eager'"):
+        tiny_encoder(attn_backend="fast")
+    if not xformers_available():
+        with pytest.raises(ValueError, match="needs the xformers package and a CUDA device"):
+            tiny_encoder(attn_backend="xformers")
+
+
+def test_return_attention_gives_each_layers_query_over_visual_probabilities():
+    zoo = tiny_encoder(query_sets={256: 16}, mask="visual_only_queries")
+    randomize_(zoo)
+    pixels = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        default = zoo(pixels)
+        tokens, attention = zoo(pixels, return_attention=True)
+    assert attention.shape == (2, 2, 4, 16, 16)  # [B, layers, heads, queries, visual tokens]
+    torch.testing.assert_close(tokens, default, rtol=0, atol=1e-5)
+    # these queries see only visual tokens, so their rows over the visual tokens sum to one
+    torch.testing.assert_close(attention.sum(-1), torch.ones(2, 2, 4, 16))
+    with torch.no_grad():
+        _, flow_attention = tiny_encoder(query_sets={256: 16})(pixels, return_attention=True)
+    assert (flow_attention.sum(-1) < 1 - 1e-3).all()  # causal-flow queries also see queries
+
+
+def test_query_ratio_sizes_each_set_from_its_views_visual_tokens():
+    # tiny views: 256 px -> 16 visual tokens, 192 px -> 9; the ratio replaces the counts
+    for ratio, counts in ((0.25, (4, 2)), (0.5, (8, 4)), (1.0, (16, 9)), (2.0, (32, 18))):
+        zoo = tiny_encoder(query_sets={256: 16, 192: 9}, query_ratio=ratio)
+        assert (zoo.num_tokens(256), zoo.num_tokens(192)) == counts
+        with torch.no_grad():
+            assert zoo(torch.randn(1, 3, 192, 192)).shape == (1, counts[1], 32)
+    with torch.device("meta"):
+        release = CausalFlowEncoder(query_ratio=0.25)
+    assert (release.num_tokens(768), release.num_tokens(1024)) == (36, 64)
+    with pytest.raises(ValueError, match="query_ratio must be > 0, got 0"):
+        tiny_encoder(query_ratio=0)
+
+
+def test_shared_resized_queries_are_one_set_interpolated_to_each_count():
+    zoo = tiny_encoder(query_sets={256: 16, 192: 9}, query_init="shared_resized")
+    assert [name for name, _ in zoo.queries.named_parameters()] == ["shared"]
+    shared = zoo.queries.shared
+    assert zoo.queries_for(16) is shared
+    resized = zoo.queries_for(9)
+    assert resized.shape == (9, 32)
+    torch.testing.assert_close(resized[[0, -1]], shared[[0, -1]])  # ends kept (align_corners)
+    torch.testing.assert_close(resized[4], (shared[7] + shared[8]) / 2)  # 4 * 15/8 = 7.5
+    resized.sum().backward()
+    assert shared.grad is not None and shared.grad.abs().sum() > 0
+
+
+def test_sinusoidal_queries_are_fixed_2d_sin_cos_tables():
+    zoo = tiny_encoder(query_sets={256: 16, 192: 9}, query_init="sinusoidal_2d")
+    assert list(zoo.queries.parameters()) == []
+    assert not any(name.startswith("queries") for name in zoo.state_dict())
+    table = sinusoidal_2d(5, 8)  # 3 columns: query 4 is at row 1, column 1
+    frequencies = torch.tensor([1.0, 0.01])  # 1 / 10000 ** (i / 2)
+    expected = torch.cat([frequencies.sin(), frequencies.cos()] * 2)
+    torch.testing.assert_close(table[4], expected)
+    torch.testing.assert_close(table[0], torch.tensor([0.0, 0, 1, 1, 0, 0, 1, 1]))
+    torch.testing.assert_close(zoo.queries_for(9), sinusoidal_2d(9, 32))
+    with pytest.raises(ValueError, match="width divisible by 4, got 30"):
+        sinusoidal_2d(4, 30)
+    with pytest.raises(ValueError, match=r"unknown query_init 'random'; valid: \['learned'"):
+        tiny_encoder(query_init="random")
+
+
+def test_restarted_query_positions_number_the_queries_from_zero():
+    pixels = torch.randn(1, 3, 256, 256)
+    zoo = tiny_encoder(query_sets={256: 16}, query_positions="restart")
+    randomize_(zoo)
+    with torch.no_grad():
+        restarted = zoo(pixels)
+        sequence = torch.cat([zoo.tokenizer(pixels), zoo.queries_for(16)[None]], dim=1)
+        mask = additive_mask(zoo.mask_spec, [("visual", 16), ("query", 16)])
+        positions = torch.cat([torch.arange(16), torch.arange(16)])[None]
+        expected = zoo.lm(sequence, mask, positions)[:, 16:]
+        zoo.query_positions = "continue"
+        continued = zoo(pixels)
+    torch.testing.assert_close(restarted, expected, rtol=0, atol=0)
+    assert (restarted - continued).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"unknown query_positions 'end'; valid: \['continue'"):
+        tiny_encoder(query_positions="end")
+
+
+def test_without_queries_the_lm_reads_the_visual_tokens_as_a_vit():
+    zoo = tiny_encoder(query_sets={256: 16}, mask="bidirectional", with_queries=False)
+    randomize_(zoo)
+    assert zoo.queries is None and zoo.num_tokens(256) == 16 and zoo.num_tokens(192) == 9
+    pixels = torch.randn(2, 3, 192, 192)
+    with torch.no_grad():
+        out = zoo(pixels)
+        expected = zoo.lm(zoo.tokenizer(pixels), None)  # SDPA with no mask: all see all
+        _, attention = zoo(pixels, return_attention=True)
+    assert out.shape == (2, 9, 32)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert attention.shape == (2, 2, 4, 9, 9)
+
+
+def test_a_window_as_long_as_the_query_set_is_the_causal_flow_mask():
+    pixels = torch.randn(1, 3, 256, 256)
+    outputs = []
+    for mask in ("causal_flow", {"name": "windowed_queries", "window": 16}):
+        zoo = tiny_encoder(query_sets={256: 16}, mask=mask)
+        randomize_(zoo)
+        with torch.no_grad():
+            outputs.append(zoo(pixels))
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_flex_refuses_to_train_on_the_cpu_with_a_clear_error():
+    zoo = tiny_encoder(query_sets={256: 16}, attn_backend="flex")
+    with pytest.raises(NotImplementedError, match="'flex' runs forward-only on the CPU"):
+        zoo(torch.randn(1, 3, 256, 256))
+
+
+def test_returned_attention_matches_transformers_eager_attentions():
+    zoo = tiny_encoder()
+    randomize_(zoo)
+    oracle = transformers_vision_model(zoo)
+    oracle.set_attn_implementation("eager")
+    pixels = torch.randn(1, 3, 768, 768)
+    with torch.no_grad():
+        tokens, attention = zoo(pixels, return_attention=True)
+        sequence = torch.cat([zoo.tokenizer(pixels), zoo.queries_for(144)[None]], dim=1)
+        expected = oracle.vision_encoder(sequence, num_patches=144, output_attentions=True)
+    over_visual = torch.stack([a[..., 144:, :144] for a in expected.attentions], dim=1)
+    assert attention.shape == (1, 2, 4, 144, 144)
+    torch.testing.assert_close(attention, over_visual, rtol=0, atol=1e-6)
+    torch.testing.assert_close(tokens, expected.last_hidden_state[:, 144:], rtol=0, atol=1e-5)
