@@ -38,14 +38,25 @@ class DecoderLayer(nn.Module):
         mask: torch.Tensor | None,
         cache: LayerCache | None,
         token_mask: torch.Tensor | None,
+        real_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``real_tokens`` (bool ``[B, T]``), when given, restricts the MLP to those positions:
+        padding rows then skip it (nothing real attends to them), which saves a left-padded
+        batch's prefill the MLP work of its padding."""
         hidden = hidden + self.self_attn(self.input_layernorm(hidden), rope, mask, cache)
         normed = self.post_attention_layernorm(hidden)
+        if real_tokens is None:
+            out, aux_loss = self._feed_forward(normed, token_mask)
+            return hidden + out, aux_loss
+        out, aux_loss = self._feed_forward(normed[real_tokens][None], None)
+        return hidden.index_put((real_tokens,), hidden[real_tokens] + out[0]), aux_loss
+
+    def _feed_forward(
+        self, normed: torch.Tensor, token_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(self.mlp, MoEFeedForward):
-            out, aux_loss = self.mlp(normed, token_mask)
-        else:
-            out, aux_loss = self.mlp(normed), None
-        return hidden + out, aux_loss
+            return self.mlp(normed, token_mask)
+        return self.mlp(normed), None
 
 
 def default_position_ids(
@@ -68,7 +79,10 @@ class TransformerDecoder(LanguageDecoder):
     ``forward`` takes an optional ``[B, past + T]`` padding mask (left padding works), derives
     positions from it, appends to the :class:`KVCache` it is given (or starts one when
     ``use_cache``) and sums the MoE layers' balance losses into ``aux_loss`` in training.
-    ``logits_to_keep=n`` computes the logits of the last ``n`` positions only (generation).
+    ``logits_to_keep=n`` computes the logits of the last ``n`` positions only (generation); a
+    boolean ``[B, T]`` tensor instead computes those of the marked positions only, as ``[N,
+    vocab]`` in row-major order (training: the positions that have a label; the LM head over
+    a 129k vocabulary is the largest matmul of a short-answer step).
     """
 
     def __init__(
@@ -119,7 +133,7 @@ class TransformerDecoder(LanguageDecoder):
         position_ids: torch.Tensor | None = None,
         past_key_values: object | None = None,
         use_cache: bool = False,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
     ) -> DecoderOutput:
         batch, length, _ = inputs_embeds.shape
         cache = past_key_values
@@ -143,12 +157,21 @@ class TransformerDecoder(LanguageDecoder):
         rope = self.rotary(position_ids, inputs_embeds.dtype)
         mask = build_attention_mask(attention_mask, length, past_len, inputs_embeds.device)
         token_mask = attention_mask[:, -length:] if attention_mask is not None else None
+        # Outside training (where the balance loss counts tokens per sequence), padding skips
+        # the MLPs; its hidden states are never read by a real token.
+        real_tokens = None
+        if not self.training and token_mask is not None and not bool(token_mask.all()):
+            real_tokens = token_mask.bool()
 
         hidden, aux_loss = inputs_embeds, None
         for index, layer in enumerate(self.layers):
             layer_cache = cache.layer(index) if cache is not None else None
-            hidden, layer_aux = layer(hidden, rope, mask, layer_cache, token_mask)
+            hidden, layer_aux = layer(hidden, rope, mask, layer_cache, token_mask, real_tokens)
             if layer_aux is not None:
                 aux_loss = layer_aux if aux_loss is None else aux_loss + layer_aux
-        hidden = self.norm(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        if isinstance(logits_to_keep, torch.Tensor):
+            hidden = hidden[logits_to_keep]
+        elif logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        hidden = self.norm(hidden)
         return DecoderOutput(self.lm_head(hidden), cache if use_cache else None, aux_loss)

@@ -13,7 +13,14 @@ from collections.abc import Hashable, Sequence
 import torch
 from torchmetrics import Metric
 
-from zoo.omnidocbench import normalize_text, normalized_edit_distance
+from zoo.omnidocbench import (
+    GroundTruthPage,
+    match_page,
+    normalize_text,
+    normalized_edit_distance,
+    split_markdown,
+)
+from zoo.omnidocbench.markdown_blocks import TEXT
 
 
 class _MeanPageEditDistance(Metric):
@@ -88,3 +95,19 @@ class ReadingOrderEditDistance(_MeanPageEditDistance):
                 for p, t in zip(preds, targets, strict=True)
             ]
         )
+
+
+def markdown_reading_orders(reference: str, prediction: str) -> tuple[list, list] | None:
+    """(true order, predicted order) of the text blocks of a reference markdown page.
+
+    For pages known only by their markdown (a validation batch): the reference's text blocks
+    become a one-page ground truth numbered in reference order, and the prediction is matched
+    to it as OmniDocBench matches a page. None when neither side has a text block.
+    """
+    blocks = [
+        {"category_type": "text_block", "text": block.content, "order": number}
+        for number, block in enumerate(
+            (b for b in split_markdown(reference) if b.category == TEXT), start=1
+        )
+    ]
+    return match_page(GroundTruthPage("reference", {}, blocks), prediction).reading_order

@@ -9,15 +9,46 @@ from typing import Any
 import lightning as L
 import torch
 
+from lightning_modules.activation_checkpointing import enable_activation_checkpointing
+from lightning_modules.expert_load import ExpertLoadMonitor
+from lightning_modules.metrics import (
+    ReadingOrderEditDistance,
+    TextEditDistance,
+    markdown_reading_orders,
+)
 from lightning_modules.optim import parameter_groups, warmup_cosine
 from zoo.build import build_model, to_plain
+from zoo.processor import IGNORE_INDEX, OCRProcessor
+from zoo.tokenizer import load_tokenizer
+
+
+def prompts_of(batch: Mapping[str, Any], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt part (everything before the first labelled token) of each row of a
+    right-padded training batch, left-padded for generation: ``(input_ids, attention_mask)``."""
+    labelled = batch["labels"] != IGNORE_INDEX
+    lengths = torch.where(
+        labelled.any(dim=1), labelled.int().argmax(dim=1), batch["attention_mask"].sum(dim=1)
+    )
+    width = int(lengths.max())
+    columns = torch.arange(width, device=lengths.device)
+    shift = (width - lengths)[:, None]
+    real = columns[None, :] >= shift
+    source = (columns[None, :] - shift).clamp(min=0)
+    ids = torch.gather(batch["input_ids"][:, :width], 1, source).masked_fill(~real, pad_id)
+    return ids, real.long()
 
 
 class OCRLightningModule(L.LightningModule):
     """Next-token training on answer tokens, with the MoE balance loss and stage freezing.
 
-    ``model_cfg`` is the config ``build_model`` reads; ``freeze`` lists module-name prefixes
-    (e.g. ``encoder.tokenizer``) whose parameters stay fixed in this stage.
+    ``model_cfg`` is the config ``build_model`` reads. ``freeze`` lists module or parameter
+    name prefixes (e.g. ``encoder.tokenizer``) whose parameters stay fixed in this stage; they
+    get no gradient and no optimizer state. ``aux_loss_weight`` multiplies the decoder's
+    balance loss (already weighted by its ``aux_loss_alpha``). The learning rate warms up
+    linearly for ``warmup_steps`` and then follows a cosine from ``lr`` to ``min_lr`` over the
+    trainer's estimated optimizer steps. Validation generates greedily for the first
+    ``val_generate_pages`` pages (whole batches, up to ``val_max_new_tokens`` tokens each) and
+    scores text and reading-order edit distances against the batch's answers.
     """
 
     def __init__(
@@ -28,8 +59,11 @@ class OCRLightningModule(L.LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 0,
-        aux_loss_weight: float = 0.001,
+        aux_loss_weight: float = 1.0,
         freeze: list[str] | None = None,
+        activation_checkpointing: bool = False,
+        val_generate_pages: int = 4,
+        val_max_new_tokens: int = 128,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -42,17 +76,34 @@ class OCRLightningModule(L.LightningModule):
                 "warmup_steps": warmup_steps,
                 "aux_loss_weight": aux_loss_weight,
                 "freeze": list(freeze or []),
+                "activation_checkpointing": activation_checkpointing,
+                "val_generate_pages": val_generate_pages,
+                "val_max_new_tokens": val_max_new_tokens,
             }
         )
-        self.model = build_model(self.hparams.model_cfg)
-        self._freeze(self.hparams.freeze)
-        self._step_started = 0.0
+        tokenizer = load_tokenizer(self.hparams.model_cfg.get("tokenizer"))
+        self.model = build_model(self.hparams.model_cfg, tokenizer=tokenizer)
+        self.processor = OCRProcessor(tokenizer, image_mode=self.model.image_mode)
+        self.freeze_prefixes(self.hparams.freeze)
+        if activation_checkpointing:
+            enable_activation_checkpointing(self.model)
+        self.expert_load = ExpertLoadMonitor(self.model)
+        self.val_text_edit = TextEditDistance()
+        self.val_reading_order_edit = ReadingOrderEditDistance()
+        self._last_batch_end: float | None = None
+        self._val_pages_generated = 0
 
-    def _freeze(self, prefixes: list[str]) -> None:
+    def freeze_prefixes(self, prefixes: list[str]) -> None:
+        """Stop training every parameter under one of the module / parameter name ``prefixes``."""
         names = {name for name, _ in self.model.named_modules()}
+        names |= {name for name, _ in self.model.named_parameters()}
         unknown = [p for p in prefixes if p not in names]
         if unknown:
-            raise ValueError(f"freeze: no module named {unknown} in the model")
+            top = sorted({name.split(".")[0] for name in names if name})
+            raise ValueError(
+                f"freeze: no module or parameter named {unknown} in the model; top-level names: "
+                f"{top} (see model.named_modules())"
+            )
         for name, param in self.model.named_parameters():
             if any(name == p or name.startswith(p + ".") for p in prefixes):
                 param.requires_grad_(False)
@@ -66,32 +117,84 @@ class OCRLightningModule(L.LightningModule):
         )
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        self.expert_load.reset()
         out = self(batch)
+        n_pages = batch["input_ids"].shape[0]
         loss = out.loss
         if out.aux_loss is not None and self.hparams.aux_loss_weight:
             loss = loss + self.hparams.aux_loss_weight * out.aux_loss
-            self.log("train/aux_loss", out.aux_loss)
-        n_pages = batch["input_ids"].shape[0]
+            self.log("train/aux_loss", out.aux_loss, batch_size=n_pages)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=n_pages)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=n_pages)
-        elapsed = time.perf_counter() - self._step_started
-        if self._step_started and elapsed > 0:
-            self.log("train/tokens_per_s", float(batch["attention_mask"].sum()) / elapsed)
-            self.log("train/images_per_s", n_pages / elapsed)
-        self._step_started = time.perf_counter()
+        visual = (batch["input_ids"] == self.model.image_token_id).sum() / n_pages
+        self.log("train/visual_tokens_per_page", visual.float(), batch_size=n_pages)
+        for key, value in self.expert_load.summary().items():
+            self.log(f"train/expert_load/{key}", value, batch_size=n_pages)
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """Throughput from the wall time between consecutive batch ends (data loading included)."""
+        now = time.perf_counter()
+        if self._last_batch_end is not None and now > self._last_batch_end:
+            elapsed = now - self._last_batch_end
+            tokens = float(batch["attention_mask"].sum())
+            self.log("train/tokens_per_s", tokens / elapsed)
+            self.log("train/images_per_s", batch["input_ids"].shape[0] / elapsed)
+        self._last_batch_end = now
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The total 2-norm of the gradients, before clipping."""
+        norms = [p.grad.detach().norm(2) for p in self.parameters() if p.grad is not None]
+        if norms:
+            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_pages_generated = 0
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         out = self(batch)
-        self.log("val/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        n_pages = batch["input_ids"].shape[0]
+        self.log("val/loss", out.loss, prog_bar=True, batch_size=n_pages)
+        if self._val_pages_generated < self.hparams.val_generate_pages:
+            self._score_generation(batch)
+            self._val_pages_generated += n_pages
+            self.log("val/text_edit", self.val_text_edit, batch_size=n_pages)
+            self.log("val/reading_order_edit", self.val_reading_order_edit, batch_size=n_pages)
+
+    def _score_generation(self, batch: Mapping[str, Any]) -> None:
+        """Greedy answers for the batch's pages, scored against the labelled answers."""
+        tokenizer = self.processor.tokenizer
+        input_ids, attention_mask = prompts_of(batch, tokenizer.pad_id)
+        generated = self.model.generate(
+            input_ids,
+            images=batch.get("images"),
+            attention_mask=attention_mask,
+            max_new_tokens=self.hparams.val_max_new_tokens,
+            eos_token_id=tokenizer.eos_id,
+            pad_token_id=tokenizer.pad_id,
+        )
+        predictions = [self.processor.decode(row) for row in generated]
+        references = [self.processor.decode(row[row != IGNORE_INDEX]) for row in batch["labels"]]
+        self.val_text_edit.update(predictions, references)
+        orders = [
+            markdown_reading_orders(r, p) for r, p in zip(references, predictions, strict=True)
+        ]
+        orders = [order for order in orders if order is not None]
+        if orders:
+            self.val_reading_order_edit.update([p for _, p in orders], [t for t, _ in orders])
 
     def configure_optimizers(self):
         hp = self.hparams
+        total = self.trainer.estimated_stepping_batches
+        if not 0 < total < float("inf"):
+            raise ValueError(
+                f"the cosine schedule needs a finite number of optimizer steps, got {total}; "
+                "set trainer.max_steps or trainer.max_epochs"
+            )
         optimizer = torch.optim.AdamW(
             parameter_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas)
         )
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
-        scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr / hp.lr)
+        scheduler = warmup_cosine(optimizer, hp.warmup_steps, int(total), hp.min_lr / hp.lr)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -7,28 +7,63 @@ import math
 import torch
 from torch import nn
 
+# Parameters that are tables of positions or learned tokens rather than weight matrices: SAM's
+# absolute and decomposed relative positions, CLIP's class token and positions, the image
+# layout vectors of OCRModel. Decaying them pulls them to zero, which has no meaning for them.
+NO_DECAY_NAMES = frozenset(
+    {
+        "pos_embed",
+        "rel_pos_h",
+        "rel_pos_w",
+        "class_embedding",
+        "position_embedding",
+        "view_separator",
+        "image_newline",
+    }
+)
+# Modules whose every parameter is a learned token (the causal-flow encoder's query sets).
+NO_DECAY_MODULES = frozenset({"queries"})
 
-def no_decay(name: str, param: nn.Parameter) -> bool:
-    """Norm weights, biases, embeddings and learnable queries/separators get no weight decay."""
-    return param.ndim < 2 or any(key in name for key in ("embed", "query", "queries", "pos_embed"))
+
+def no_decay(module_name: str, module: nn.Module, param_name: str, param: nn.Parameter) -> bool:
+    """Whether a parameter (``param_name`` directly on ``module`` at ``module_name``) is left
+    out of weight decay: norm weights and biases (every parameter under 2-D), embedding tables,
+    position tables and learnable queries / separators."""
+    return (
+        param.ndim < 2
+        or isinstance(module, nn.Embedding)
+        or param_name in NO_DECAY_NAMES
+        or module_name.rsplit(".", 1)[-1] in NO_DECAY_MODULES
+    )
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters split into a decayed and a non-decayed AdamW group."""
-    decayed, plain = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (plain if no_decay(name, param) else decayed).append(param)
-    return [
-        {"params": decayed, "weight_decay": weight_decay},
-        {"params": plain, "weight_decay": 0.0},
-    ]
+    """Trainable parameters split into a decayed and a non-decayed AdamW group.
+
+    Each group also carries the parameter names (``names``) so that tests and logs can say
+    which tensor went where; a tied parameter counts once, under its first owner.
+    """
+    groups = {
+        True: {"params": [], "names": [], "weight_decay": 0.0},
+        False: {"params": [], "names": [], "weight_decay": weight_decay},
+    }
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            group = groups[no_decay(module_name, module, param_name, param)]
+            group["params"].append(param)
+            group["names"].append(f"{module_name}.{param_name}" if module_name else param_name)
+    return [groups[False], groups[True]]
 
 
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the peak rate, then cosine decay to ``min_lr_ratio`` x peak."""
+    """Linear warm-up to the peak rate, then cosine decay to ``min_lr_ratio`` x peak at
+    ``total_steps`` (held there after)."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:

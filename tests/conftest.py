@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import DictConfig
+# Sleeping instead of spinning OpenMP threads: tens of times faster on shared CI cores (see
+# zoo/train.py); it must be set before any test module imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

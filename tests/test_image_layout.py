@@ -235,3 +235,19 @@ def test_v2_counts_of_real_pages_match_transformers_processor(shared_dir):
 
 def test_default_mode_is_v2():
     assert num_image_tokens(1654, 2339) == num_image_tokens(1654, 2339, get_view_mode("v2"))
+
+
+def test_a_layout_first_built_in_inference_mode_still_trains():
+    """The cached layout of a grid first seen by generation must serve a training step too."""
+    grids = [(3, 1)]  # a grid no other test uses, so the cache is cold
+    width = 4
+    with torch.inference_mode():
+        assemble_image_embeddings(
+            torch.randn(1, 4, width), torch.randn(3, 4, width), grids, torch.randn(width), None
+        )
+    tokens = torch.randn(1, 4, width, requires_grad=True)
+    (out,) = assemble_image_embeddings(
+        tokens, torch.randn(3, 4, width), grids, torch.randn(width), None
+    )
+    out.sum().backward()
+    assert torch.equal(tokens.grad, torch.ones_like(tokens))

@@ -105,3 +105,62 @@ def test_zoo_list_shows_the_core_components(capsys):
     out = capsys.readouterr().out
     for name in ("causal_flow", "deepencoder", "deepseek_moe", "linear", "synthetic_pages"):
         assert name in out
+
+
+def test_user_encoder_with_its_own_config_folder_builds_and_runs(tmp_path, monkeypatch):
+    """A user package + config folder, no zoo edit: the config names the plugin module."""
+    package = tmp_path / "user_encoders.py"
+    package.write_text(
+        textwrap.dedent(
+            '''
+            import torch
+            from torch import nn
+
+            from encoders.base import VisionEncoder
+            from zoo.registry import register_encoder
+
+
+            @register_encoder("user_patches")
+            class UserPatches(VisionEncoder):
+                """64-px patches projected to out_dim channels."""
+
+                def __init__(self, out_dim: int = 8) -> None:
+                    super().__init__()
+                    self.out_dim = out_dim
+                    self.proj = nn.Conv2d(3, out_dim, kernel_size=64, stride=64)
+
+                def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+                    return self.proj(pixel_values).flatten(2).transpose(1, 2)
+
+                def num_tokens(self, view_size: int) -> int:
+                    return (view_size // 64) ** 2
+            '''
+        )
+    )
+    (tmp_path / "configs" / "encoder").mkdir(parents=True)
+    (tmp_path / "configs" / "encoder" / "user_patches.yaml").write_text(
+        textwrap.dedent(
+            """\
+            # @package _global_
+            encoder: {name: user_patches, out_dim: 8}
+            model:
+              image_mode: {name: v2, global_size: 256, local_size: 192}
+            plugins: [user_encoders]
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        from tests.conftest import compose_train
+        from tests.test_configs import tiny_forward
+
+        cfg = compose_train(
+            [f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "encoder=user_patches"]
+        )
+        assert list(cfg.plugins) == ["user_encoders"]
+        tiny_forward(cfg)
+    finally:
+        ENCODERS._constructors.pop("user_patches", None)
+        import sys
+
+        sys.modules.pop("user_encoders", None)

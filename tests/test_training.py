@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 import torch
 
+from lightning_modules.ocr_module import prompts_of
 from lightning_modules.synthetic_pages import render_page
 from tests.conftest import compose_train
 from zoo.run_setup import make_module, make_processor
@@ -64,10 +66,61 @@ def test_train_run_writes_checkpoint_and_metrics(tmp_path):
             "data.num_val=2",
             "data.batch_size=2",
             "trainer.log_every_n_steps=1",
+            "module.val_generate_pages=2",
+            "module.val_max_new_tokens=6",
         ]
     )
     metrics = train(cfg)
-    assert {"train/loss", "val/loss"} <= metrics.keys()
+    assert {"train/loss", "val/loss", "val/text_edit", "val/reading_order_edit"} <= metrics.keys()
+    assert 0 <= metrics["val/text_edit"] <= 1
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
-    assert "train/loss" in (tmp_path / "metrics.csv").read_text()
+    with (tmp_path / "metrics.csv").open() as file:
+        columns = set(csv.DictReader(file).fieldnames)
+    layer = "train/expert_load/decoder.layers.1"
+    logged = {
+        "train/loss", "train/aux_loss", "train/lr", "train/grad_norm", "train/tokens_per_s",
+        "train/images_per_s", "train/visual_tokens_per_page", f"{layer}/max_over_mean",
+        f"{layer}/entropy", "val/loss", "val/text_edit", "val/reading_order_edit",
+    }  # fmt: skip
+    assert logged <= columns
+
+
+def test_expert_load_counts_every_real_token_top_k_times():
+    cfg = compose_train([])
+    module = make_module(cfg)
+    batch = fixed_batch(cfg)
+    module.expert_load.reset()
+    module(batch)
+    ((layer, counts),) = module.expert_load.counts.items()
+    top_k = cfg.decoder.num_experts_per_tok
+    assert layer == "decoder.layers.1"
+    assert int(counts.sum()) == top_k * int(batch["attention_mask"].sum())
+    summary = module.expert_load.summary()
+    assert 1 <= summary[f"{layer}/max_over_mean"] <= cfg.decoder.n_routed_experts
+    assert 0 <= summary[f"{layer}/entropy"] <= 1
+
+
+def test_activation_checkpointing_keeps_names_and_gradients():
+    cfg = compose_train([])
+    torch.manual_seed(0)
+    plain = make_module(cfg)
+    torch.manual_seed(0)
+    checkpointed = make_module(compose_train(["module.activation_checkpointing=true"]))
+    assert plain.model.state_dict().keys() == checkpointed.model.state_dict().keys()
+    batch = fixed_batch(cfg)
+    for module in (plain, checkpointed):
+        module(batch).loss.backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_prompts_of_a_training_batch_are_left_padded_prompts():
+    cfg = compose_train([])
+    processor = make_processor(cfg)
+    pages = [render_page(0, i, page_size=cfg.data.page_size) for i in range(2)]
+    images, prompts = [p.image for p in pages], ["<image>\nFree OCR.", "<image>\nOCR this page."]
+    training = processor(images, prompts, ["a b c", "d"])
+    expected = processor(images, prompts, padding_side="left")
+    ids, mask = prompts_of(training, processor.tokenizer.pad_id)
+    assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])

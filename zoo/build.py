@@ -36,11 +36,12 @@ def build_model(cfg: Mapping[str, Any], tokenizer: Tokenizer | None = None) -> O
 
     ``cfg`` holds the nodes ``encoder``, ``projector``, ``decoder`` (each a registry ``name`` plus
     keyword arguments), ``model`` (``image_mode``: a view-mode name or mapping) and optionally
-    ``tokenizer.path`` and ``plugins`` (modules to import first, so user components register).
+    ``tokenizer`` (see :func:`zoo.tokenizer.load_tokenizer`) and ``plugins`` (modules to import
+    first, so user components register).
     """
     import_plugins(to_plain(cfg.get("plugins")) or [])
     if tokenizer is None:
-        tokenizer = load_tokenizer((cfg.get("tokenizer") or {}).get("path"))
+        tokenizer = load_tokenizer(to_plain(cfg.get("tokenizer")))
 
     encoder_name, encoder_kwargs = split_name(cfg["encoder"], "encoder")
     decoder_name, decoder_kwargs = split_name(cfg["decoder"], "decoder")

@@ -59,7 +59,10 @@ def _with_newlines(grid: torch.Tensor) -> torch.Tensor:
     return torch.cat([grid, newline], dim=1).flatten()
 
 
+# The cached index tensors outlive the call: build them as normal tensors even when the first
+# call comes from inference mode, or later training steps could not save them for backward.
 @lru_cache(maxsize=512)
+@torch.inference_mode(False)
 def _layout_template(
     n_global: int, n_local: int, cols: int, rows: int, newlines: bool
 ) -> torch.Tensor:
@@ -106,6 +109,7 @@ def _check_inputs(
 
 
 @lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _destinations(
     grids: tuple[tuple[int, int], ...],
     n_global: int,

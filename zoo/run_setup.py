@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from lightning_modules.ocr_module import OCRLightningModule
 from zoo.build import split_name, to_plain
+from zoo.init_weights import initialize
 from zoo.processor import OCRProcessor
 from zoo.registry import create_datamodule, import_plugins
 from zoo.tokenizer import load_tokenizer
@@ -21,7 +22,7 @@ from zoo.tokenizer import load_tokenizer
 def make_processor(cfg: DictConfig) -> OCRProcessor:
     """Tokenizer + image mode of the configured model."""
     return OCRProcessor(
-        load_tokenizer(cfg.tokenizer.get("path")),
+        load_tokenizer(to_plain(cfg.get("tokenizer"))),
         image_mode=to_plain(cfg.model.image_mode),
         max_answer_tokens=cfg.model.get("max_answer_tokens"),
     )
@@ -40,7 +41,10 @@ def model_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def make_module(cfg: DictConfig) -> OCRLightningModule:
-    return OCRLightningModule(model_config(cfg), **to_plain(cfg.module))
+    """The LightningModule of ``cfg.module`` with the weights of ``cfg.init`` loaded."""
+    module = OCRLightningModule(model_config(cfg), **to_plain(cfg.module))
+    initialize(module.model, to_plain(cfg.get("init")))
+    return module
 
 
 def make_loggers_and_callbacks(cfg: DictConfig) -> tuple[list[Any], list[Any]]:

@@ -1,0 +1,86 @@
+"""``python -m zoo.bench`` smoke test: tiny models, one run each, valid JSON with the expected keys.
+
+No timing is asserted here; speed claims live in the benchmark's own output.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zoo.bench.__main__ import SUITES, format_table
+from zoo.bench.context import comparison, meets
+from zoo.bench.measure import Stats, peak_tensor_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_SUITES = ["decode", "moe", "masks", "machine"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    output = tmp_path_factory.mktemp("bench") / "bench.json"
+    command = [sys.executable, "-m", "zoo.bench", "--quick", *SMOKE_SUITES, "--output", output]
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "ratio" in completed.stdout and str(output) in completed.stdout
+    return json.loads(output.read_text())
+
+
+def test_quick_run_writes_every_requested_suite(report):
+    assert set(report) >= {"settings", "environment", "peak_memory_method", "suites"}
+    assert report["settings"]["tiny"] and report["settings"]["repeats"] == 1
+    assert list(report["suites"]) == [s for s in SUITES if s in SMOKE_SUITES]
+    for suite in report["suites"].values():
+        assert suite["rows"] and suite["wall_s"] > 0
+        for row in suite["rows"]:
+            assert {"case", "zoo"} <= set(row)
+            assert {"median", "min", "max", "unit"} <= set(row["zoo"])
+
+
+def test_comparison_rows_carry_both_sides_ratio_and_target(report):
+    decode = report["suites"]["decode"]
+    first = decode["rows"][0]
+    assert first["transformers"]["runs"] == 1
+    assert first["ratio"] == pytest.approx(first["zoo"]["median"] / first["transformers"]["median"])
+    assert first["target"] == "<= 1.0" and isinstance(first["met"], bool)
+    assert first["same_tokens"] is True  # same weights, greedy: same tokens on both sides
+    assert decode["bytes_per_token"] > 0
+
+
+def test_moe_and_machine_report_their_checks(report):
+    moe = report["suites"]["moe"]
+    assert isinstance(moe["no_loop_over_experts_or_tokens"], bool)
+    assert set(moe["matmul_launches"]) == {"1", "64"}  # tokens dispatched in the quick run
+    machine = report["suites"]["machine"]
+    assert machine["matmul_gflops"] > 0 and machine["read_gbps"] > 0
+    assert machine["decode_fraction_of_bandwidth_bound"] > 0  # decode ran in the same run
+    assert machine["encoder_fraction_of_matmul_peak"] is None  # vision did not
+    masks = report["suites"]["masks"]
+    assert {"sdpa", "flex"} <= set(masks["backends"])
+
+
+def test_targets_and_table():
+    assert meets(0.9, "<= 1.0") and not meets(1.1, "<= 1.0") and meets(1.4, ">= 1.3")
+    with pytest.raises(ValueError, match="target"):
+        meets(1.0, "< 1")
+    row = comparison("x", Stats.of([2.0, 1.0, 3.0], "s"), Stats.of([4.0], "s"), "<= 0.8")
+    assert row["ratio"] == 0.5 and row["met"] is True
+    table = format_table({"suite": {"rows": [row]}})
+    assert "2 s [1-3]" in table and "0.50" in table and "<= 0.8 ok" in table
+
+
+def test_peak_tensor_bytes_counts_live_tensors_of_the_call():
+    import torch
+
+    def allocate() -> None:
+        a = torch.empty(1 << 20, dtype=torch.uint8)
+        b = torch.empty(2 << 20, dtype=torch.uint8)
+        del a
+        c = torch.empty(1 << 20, dtype=torch.uint8)
+        del b, c
+
+    assert peak_tensor_bytes(allocate) == 3 << 20

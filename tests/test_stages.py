@@ -1,0 +1,130 @@
+"""The papers' training stages: every stage config builds with both encoders, frozen parts stay
+bit-identical and hold no optimizer state, ``init.encoder_from`` carries only the encoder, and
+the AdamW groups leave norms, biases, embeddings, positions and queries undecayed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_modules.optim import parameter_groups
+from tests.conftest import compose_train, config_options
+from tests.test_training import fixed_batch
+from zoo.run_setup import make_module
+
+ENCODERS = ("causal_flow", "deepencoder")
+PAPER_STAGES = (
+    "ocr1_deepencoder_pretrain",
+    "ocr1_train_clip_decoder",
+    "ocr2_encoder_pretrain",
+    "ocr2_query_enhancement",
+    "ocr2_decoder_only",
+)
+FROZEN = {
+    "ocr1_train_clip_decoder": ("encoder.tokenizer.",),
+    "ocr2_query_enhancement": ("encoder.tokenizer.",),
+    "ocr2_decoder_only": ("encoder.", "projector.", "view_separator"),
+}
+
+
+def test_every_paper_stage_has_a_config():
+    assert set(PAPER_STAGES) <= set(config_options("stage"))
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize("stage", config_options("stage"))
+def test_stage_builds_and_freezes_what_it_names(stage, encoder):
+    module = make_module(compose_train([f"stage={stage}", f"encoder={encoder}"]))
+    frozen = {n for n, p in module.model.named_parameters() if not p.requires_grad}
+    expected = {
+        n for n, _ in module.model.named_parameters() if n.startswith(FROZEN.get(stage, ("-",)))
+    }
+    assert frozen == expected
+    if stage.endswith("pretrain"):
+        assert module.hparams.model_cfg["decoder"]["name"] == "dense_lm"
+
+
+@pytest.mark.parametrize("stage", sorted(FROZEN))
+def test_frozen_parameters_stay_identical_and_hold_no_optimizer_state(stage):
+    encoder = "deepencoder" if stage.startswith("ocr1") else "causal_flow"
+    torch.manual_seed(0)
+    cfg = compose_train([f"stage={stage}", f"encoder={encoder}", "module.weight_decay=0.1"])
+    module = make_module(cfg)
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    optimizer = torch.optim.AdamW(parameter_groups(module.model, 0.1), lr=1e-2)
+    batch = fixed_batch(cfg, n_pages=1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        module(batch).loss.backward()
+        optimizer.step()
+    params = dict(module.model.named_parameters())
+    frozen = [n for n, p in params.items() if not p.requires_grad]
+    assert frozen and all(torch.equal(params[n], before[n]) for n in frozen)
+    assert all(params[n].grad is None for n in frozen)
+    with_state = {id(p) for p in optimizer.state}
+    assert not any(id(params[n]) in with_state for n in frozen)
+    assert not torch.equal(params["decoder.norm.weight"], before["decoder.norm.weight"])
+
+
+def test_encoder_from_a_stage_one_checkpoint_carries_only_the_encoder(tmp_path):
+    torch.manual_seed(1)
+    stage_one = make_module(compose_train(["stage=ocr2_encoder_pretrain"]))
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": stage_one.state_dict()}, checkpoint)
+    torch.manual_seed(2)
+    fresh = make_module(compose_train(["stage=ocr2_query_enhancement"]))
+    torch.manual_seed(2)
+    stage_two = make_module(
+        compose_train(["stage=ocr2_query_enhancement", f"init.encoder_from={checkpoint}"])
+    )
+    for name, tensor in stage_two.model.encoder.state_dict().items():
+        assert torch.equal(tensor, stage_one.model.encoder.state_dict()[name]), name
+    for part in ("projector", "decoder"):
+        mine = getattr(stage_two.model, part).state_dict()
+        assert all(
+            torch.equal(t, getattr(fresh.model, part).state_dict()[n]) for n, t in mine.items()
+        )
+    assert torch.equal(stage_two.model.view_separator, fresh.model.view_separator)
+
+
+def test_encoder_from_refuses_an_encoder_of_another_shape(tmp_path):
+    other = make_module(compose_train(["encoder=deepencoder"]))
+    checkpoint = tmp_path / "v1.ckpt"
+    torch.save({"state_dict": other.state_dict()}, checkpoint)
+    with pytest.raises(ValueError, match=r"not in the model: \['clip\."):
+        make_module(compose_train([f"init.encoder_from={checkpoint}"]))
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_parameter_groups_leave_norms_biases_embeddings_and_queries_undecayed(encoder):
+    module = make_module(compose_train([f"encoder={encoder}", "module.freeze=[projector]"]))
+    decayed, plain = (set(g["names"]) for g in parameter_groups(module.model, 0.1))
+    named = dict(module.model.named_parameters())
+    assert decayed | plain == {n for n, p in named.items() if p.requires_grad}
+    assert not decayed & plain and not any(n.startswith("projector") for n in decayed | plain)
+    assert all(named[n].ndim >= 2 for n in decayed)
+    always_plain = {
+        "view_separator", "encoder.tokenizer.pos_embed",
+        "encoder.tokenizer.blocks.1.attn.rel_pos_h", "decoder.embed_tokens.weight",
+        "decoder.norm.weight", "decoder.layers.0.input_layernorm.weight",
+    }  # fmt: skip
+    always_decayed = {
+        "encoder.tokenizer.patch_embed.proj.weight", "decoder.layers.0.self_attn.q_proj.weight",
+        "decoder.layers.1.mlp.experts.w_gate_up", "decoder.lm_head.weight",
+    }  # fmt: skip
+    if encoder == "causal_flow":
+        always_plain |= {"encoder.queries.256", "encoder.queries.192", "encoder.lm.norm.weight"}
+        always_decayed |= {"encoder.lm.layers.0.self_attn.q_proj.weight"}
+    else:
+        always_plain |= {"image_newline", "encoder.clip.class_embedding"}
+        always_plain |= {"encoder.clip.position_embedding"}
+        always_decayed |= {"encoder.clip.blocks.0.attn.qkv.weight"}
+    assert always_plain <= plain and always_decayed <= decayed
+
+
+def test_v2_encoder_pretraining_sees_both_view_sizes():
+    cfg = compose_train(["stage=ocr2_encoder_pretrain", "encoder=causal_flow"])
+    images = fixed_batch(cfg, n_pages=1)["images"]
+    mode = make_module(cfg).model.image_mode
+    assert images.global_views.shape[-1] == mode.global_size
+    assert images.local_views is not None and images.local_views.shape[-1] == mode.local_size

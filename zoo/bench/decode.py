@@ -1,0 +1,94 @@
+"""Suite ``decode``: greedy decoding with the KV cache after a 1024-token page prompt, each side
+through its own ``generate``. Seconds per token = (time of ``n + 1`` new tokens - time of 1) /
+``n``, paired round by round, so the prefill cancels out. Both sides must produce the same
+tokens (checked: same weights, greedy).
+
+Bytes one step must read (for the machine suite's bandwidth bound): the decoder's active weights
+(every dense weight, the chosen ``k`` of each MoE layer's routed experts, the LM head; one
+embedding row) plus the keys and values cached at the mean context length."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+
+from decoders import count_parameters, generate
+from zoo.bench.context import BenchContext, comparison
+from zoo.bench.measure import Stats, peak_tensor_bytes, sample_interleaved
+from zoo.bench.models import prompt_embeddings
+from zoo.bench.prefill import PAGE, PROMPT_TOKENS
+
+
+def bytes_per_token(decoder: torch.nn.Module, context: float) -> float:
+    """Bytes a decode step reads at ``context`` cached positions (see the module doc)."""
+    _, active = count_parameters(decoder)
+    element = next(decoder.parameters()).element_size()
+    kv = 2 * len(decoder.layers) * context * decoder.hidden_size * element
+    return active * element + decoder.hidden_size * element + kv
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    model, twin = ctx.pair("main")
+    new_tokens = 4 if ctx.tiny else 32
+    embeds, mask = prompt_embeddings(model, PAGE, PROMPT_TOKENS)
+
+    def zoo(n: int) -> torch.Tensor:
+        return generate(model.decoder, embeds, mask, max_new_tokens=n)
+
+    def transformers(n: int) -> torch.Tensor:
+        config = GenerationConfig(
+            max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
+        return twin.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config)
+
+    with torch.no_grad():
+        same_tokens = torch.equal(
+            zoo(new_tokens + 1), transformers(new_tokens + 1)[:, -new_tokens - 1 :]
+        )
+        samples = sample_interleaved(
+            {
+                "zoo 1": lambda: zoo(1),
+                "zoo n": lambda: zoo(new_tokens + 1),
+                "transformers 1": lambda: transformers(1),
+                "transformers n": lambda: transformers(new_tokens + 1),
+            },
+            ctx.repeats,
+            ctx.warmup,
+        )
+        memory = {
+            "zoo": peak_tensor_bytes(lambda: zoo(new_tokens + 1)),
+            "transformers": peak_tensor_bytes(lambda: transformers(new_tokens + 1)),
+        }
+    per_token = {
+        side: Stats.of(
+            [
+                (n - one) / new_tokens
+                for n, one in zip(samples[f"{side} n"], samples[f"{side} 1"], strict=True)
+            ],
+            "s/token",
+        )
+        for side in ("zoo", "transformers")
+    }
+    context = PROMPT_TOKENS + new_tokens / 2
+    rows = [
+        comparison(
+            f"greedy decode after {PROMPT_TOKENS} tokens: time per token",
+            per_token["zoo"],
+            per_token["transformers"],
+            "<= 1.0",
+            tokens_per_s={side: 1 / stats.median for side, stats in per_token.items()},
+            same_tokens=same_tokens,
+        ),
+        comparison(
+            f"generate {new_tokens + 1} tokens: peak memory",
+            Stats.of([memory["zoo"] / 2**20], "MiB"),
+            Stats.of([memory["transformers"] / 2**20], "MiB"),
+            "<= 1.0",
+        ),
+    ]
+    return {
+        "rows": rows,
+        "bytes_per_token": bytes_per_token(model.decoder, context),
+    }
