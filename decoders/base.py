@@ -38,6 +38,11 @@ class LanguageDecoder(nn.Module):
         position_ids: torch.Tensor | None = None,
         past_key_values: object | None = None,
         use_cache: bool = False,
+        logits_to_keep: int | torch.Tensor = 0,
     ) -> DecoderOutput:  # pragma: no cover - abstract
-        """``attention_mask`` is a ``[B, T_past + T]`` padding mask (1 = real token)."""
+        """``attention_mask`` is a ``[B, T_past + T]`` padding mask (1 = real token).
+
+        ``logits_to_keep``: ``0`` all positions; ``n`` the last ``n``; a boolean ``[B, T]``
+        tensor the marked positions only, as ``[N, vocab]`` logits.
+        """
         raise NotImplementedError

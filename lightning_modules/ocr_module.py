@@ -109,11 +109,13 @@ class OCRLightningModule(L.LightningModule):
                 param.requires_grad_(False)
 
     def forward(self, batch: Mapping[str, Any]):
+        """The model's loss on a batch; logits only at the labelled positions (see OCRModel)."""
         return self.model(
             batch["input_ids"],
             images=batch.get("images"),
             attention_mask=batch["attention_mask"],
             labels=batch["labels"],
+            logits="labelled",
         )
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:

@@ -83,3 +83,21 @@ def test_batched_generation_equals_one_page_at_a_time(tiny_v2):
             single["input_ids"], single["images"], single["attention_mask"], max_new_tokens=6
         )
         assert together[row, : alone.shape[1]].tolist() == alone[0].tolist()
+
+
+def test_labelled_logits_give_the_same_loss_with_a_smaller_head(tiny_v2):
+    model, processor = tiny_v2
+    pages = [Image.new("RGB", (300, 200), "white"), Image.new("RGB", (90, 120), "gray")]
+    batch = processor(pages, ["<image>\nFree OCR."] * 2, ["ab", "a longer answer"])
+    args = (batch["input_ids"], batch["images"], batch["attention_mask"], batch["labels"])
+    full = model(*args)
+    labelled = model(*args, logits="labelled")
+    n_labels = int((batch["labels"] != -100).sum())
+    assert labelled.logits.shape == (n_labels, model.decoder.vocab_size)
+    torch.testing.assert_close(labelled.loss, full.loss)
+    # the kept rows are the positions that predict each label, in row-major order
+    predicting = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    predicting[:, :-1] = batch["labels"][:, 1:] != -100
+    torch.testing.assert_close(labelled.logits, full.logits[predicting])
+    with pytest.raises(ValueError, match="needs labels"):
+        model(batch["input_ids"], batch["images"], logits="labelled")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -124,17 +125,35 @@ class OCRModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         past_key_values: object | None = None,
         use_cache: bool = False,
+        logits: Literal["all", "labelled"] = "all",
     ) -> OCROutput:
+        """Next-token logits and, with ``labels``, the loss over the labelled positions.
+
+        ``logits="labelled"`` (training) runs the LM head only on the positions that predict a
+        label and returns those rows as ``[N, vocab]``: over a 129k vocabulary the head is the
+        largest matmul of a short-answer step, and the loss is the same.
+        """
+        if logits not in ("all", "labelled"):
+            raise ValueError(f"logits must be 'all' or 'labelled', got {logits!r}")
+        if logits == "labelled" and labels is None:
+            raise ValueError("logits='labelled' needs labels")
         embeds = self.embed_inputs(input_ids, images)
+        keep: torch.Tensor | int = 0
+        if logits == "labelled":
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
         out = self.decoder(
             embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
             use_cache=use_cache,
+            logits_to_keep=keep,
         )
         loss = None
-        if labels is not None:
+        if logits == "labelled":
+            loss = F.cross_entropy(out.logits.float(), labels[:, 1:][keep[:, :-1]])
+        elif labels is not None:
             loss = F.cross_entropy(
                 out.logits[:, :-1].flatten(0, 1).float(),
                 labels[:, 1:].flatten(),
