@@ -1,3 +1,11 @@
 """Vision encoders; importing the package registers them."""
 
-from encoders import causal_flow, clip, deepencoder, sam  # noqa: F401
+from encoders import (  # noqa: F401
+    causal_flow,
+    clip,
+    cross_attention_queries,
+    deepencoder,
+    interventions,
+    patch_unshuffle,
+    sam,
+)
