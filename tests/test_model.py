@@ -101,3 +101,23 @@ def test_labelled_logits_give_the_same_loss_with_a_smaller_head(tiny_v2):
     torch.testing.assert_close(labelled.logits, full.logits[predicting])
     with pytest.raises(ValueError, match="needs labels"):
         model(batch["input_ids"], batch["images"], logits="labelled")
+
+
+def test_query_count_and_view_mode_must_agree_at_build_time():
+    cfg = model_config(compose_train(["+encoder.query_ratio=0.5"]))
+    with pytest.raises(ComponentMismatchError, match=r"gives 8 tokens for a 256-px view .* 16"):
+        build_model(cfg)
+
+
+@pytest.mark.parametrize(
+    ("experiment", "ratio"), [("query_ratio_quarter", 0.25), ("query_ratio_double", 2)]
+)
+def test_query_ratio_experiments_lay_out_the_scaled_token_counts(experiment, ratio):
+    """Full size on the meta device: the global view and each crop scale by the ratio."""
+    cfg = compose_train([f"experiment={experiment}", "size=full"])
+    with torch.device("meta"):
+        model = build_model(model_config(cfg))
+    assert model.encoder.num_tokens(1024) == 256 * ratio
+    assert model.encoder.num_tokens(768) == 144 * ratio
+    assert model.num_image_tokens(700, 700) == 256 * ratio + 1  # no crops up to 768 px
+    assert model.num_image_tokens(1536, 768) == 256 * ratio + 2 * 144 * ratio + 1

@@ -7,7 +7,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from encoders.base import VisionEncoder
 from zoo.model import OCRModel
+from zoo.preprocessing import ViewMode, get_view_mode
 from zoo.registry import create_decoder, create_encoder, create_projector, import_plugins
 from zoo.tokenizer import Tokenizer, load_tokenizer
 
@@ -67,11 +69,22 @@ def build_model(cfg: Mapping[str, Any], tokenizer: Tokenizer | None = None) -> O
             f"vocab_size={decoder.vocab_size}"
         )
     projector = create_projector(projector_name, **projector_kwargs)
-    model_cfg = to_plain(cfg.get("model") or {})
+    image_mode = get_view_mode(to_plain(cfg.get("model") or {}).get("image_mode"))
+    check_view_tokens(encoder, encoder_name, image_mode)
     return OCRModel(
-        encoder,
-        projector,
-        decoder,
-        image_token_id=tokenizer.image_id,
-        image_mode=model_cfg.get("image_mode"),
+        encoder, projector, decoder, image_token_id=tokenizer.image_id, image_mode=image_mode
     )
+
+
+def check_view_tokens(encoder: VisionEncoder, encoder_name: str, mode: ViewMode) -> None:
+    """The encoder must give each view as many tokens as the view mode makes placeholders."""
+    for view_size in (mode.global_size, mode.local_size):
+        if view_size is None:
+            continue
+        given, expected = encoder.num_tokens(view_size), mode.view_tokens(view_size)
+        if given != expected:
+            raise ComponentMismatchError(
+                f"encoder {encoder_name!r} gives {given} tokens for a {view_size}-px view but "
+                f"view mode {mode.name!r} lays out {expected} (token_ratio={mode.token_ratio}); "
+                "set model.image_mode.token_ratio to match the encoder's queries"
+            )

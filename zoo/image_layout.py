@@ -35,15 +35,17 @@ def num_image_tokens(
     """Placeholder tokens for a ``width x height`` page in view ``mode`` (separator included).
 
     v1: ``g * (g + 1)`` for the global view, ``rows*l * (cols*l + 1)`` for the stitched tiles,
-    + 1. v2: ``g * g + cols * rows * l * l + 1``. ``g`` and ``l`` are the views' token sides.
+    + 1, with ``g`` and ``l`` the views' token sides. v2: the global view's tokens, plus
+    ``cols * rows`` times a tile's, + 1 (``ViewMode.view_tokens``).
     """
     mode = get_view_mode(mode)
     cols, rows = select_crop_grid(width, height, mode)
+    if not mode.newlines:
+        local = mode.view_tokens(mode.local_size) if cols else 0  # no tiles: cols = rows = 0
+        return mode.view_tokens(mode.global_size) + cols * rows * local + 1
     g = mode.global_tokens_per_side
-    l_side = mode.local_tokens_per_side if cols else 0  # no tiles: cols = rows = 0
-    if mode.newlines:
-        return g * (g + 1) + rows * l_side * (cols * l_side + 1) + 1
-    return g * g + cols * rows * l_side * l_side + 1
+    l_side = mode.local_tokens_per_side if cols else 0
+    return g * (g + 1) + rows * l_side * (cols * l_side + 1) + 1
 
 
 def _token_side(n_tokens: int, what: str) -> int:

@@ -48,7 +48,9 @@ class ViewMode:
     chosen grid of one tile means no tiles, as in the official code. ``newlines``: v1 layout
     (a newline token after each row of each view) instead of v2's plain sequences.
     ``patch_size`` and ``downsample_ratio`` give the token grid of a view:
-    ``ceil((size // patch_size) / downsample_ratio)`` tokens per side.
+    ``ceil((size // patch_size) / downsample_ratio)`` tokens per side. ``token_ratio`` scales
+    the tokens a view gives (v2 layout only): the query-count ablations read each view with
+    ``token_ratio`` times as many queries as it has visual tokens.
     """
 
     name: str
@@ -61,8 +63,14 @@ class ViewMode:
     newlines: bool = True
     patch_size: int = 16
     downsample_ratio: int = 4
+    token_ratio: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.token_ratio <= 0 or (self.newlines and self.token_ratio != 1):
+            raise ValueError(
+                f"view mode {self.name!r}: token_ratio must be > 0, and 1 with newline tokens "
+                f"(a view is then a square grid); got {self.token_ratio}"
+            )
         if self.global_fit not in ("resize", "pad"):
             raise ValueError(
                 f"view mode {self.name!r}: global_fit must be 'resize' or 'pad', "
@@ -91,6 +99,11 @@ class ViewMode:
     def tokens_per_side(self, view_size: int) -> int:
         """Side of the token grid the encoder makes of a ``view_size`` square view."""
         return math.ceil((view_size // self.patch_size) / self.downsample_ratio)
+
+    def view_tokens(self, view_size: int) -> int:
+        """Tokens the encoder gives one ``view_size`` view: the grid, times ``token_ratio``."""
+        grid = self.tokens_per_side(view_size) ** 2
+        return grid if self.token_ratio == 1 else max(1, round(self.token_ratio * grid))
 
     @property
     def global_tokens_per_side(self) -> int:
