@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from zoo.bench.__main__ import SUITES, format_table
 from zoo.bench.context import comparison, meets
@@ -84,3 +85,22 @@ def test_peak_tensor_bytes_counts_live_tensors_of_the_call():
         del b, c
 
     assert peak_tensor_bytes(allocate) == 3 << 20
+
+
+def test_the_three_page_mask_builders_of_the_masks_suite_agree():
+    """The masks suite times equal work: zoo, transformers and the row loop build one mask."""
+    from zoo.bench.masks import (
+        TINY_PAGE_CALLS,
+        row_loop_page_masks,
+        transformers_page_masks,
+        zoo_page_masks,
+    )
+
+    for zoo, reference, loop in zip(
+        zoo_page_masks(TINY_PAGE_CALLS),
+        transformers_page_masks(TINY_PAGE_CALLS),
+        row_loop_page_masks(TINY_PAGE_CALLS),
+        strict=True,
+    ):
+        assert torch.equal((zoo == 0).expand_as(reference), reference)
+        assert torch.equal(loop, reference)

@@ -2,13 +2,23 @@
 (dense additive for SDPA, flex_attention's BlockMask, xformers' aligned bias when xformers and
 CUDA exist), then one attention call of the encoder's shape (14 query heads, 2 key/value heads,
 head 64) with it, at 256 + 256 tokens (the 1024 view) and 144 + 144 (a 768 crop). The build is
-timed as called by the encoder (``compile_mask`` caches results where the backend does)."""
+timed as called by the encoder (``compile_mask`` caches results where the backend does).
+
+The page case builds, from cold caches, every mask the encoder needs for a batch of 8 v2 pages
+with 6 crops + global (one call over the 48 crops, one over the 8 global views), against
+transformers' own construction for its deepseek_ocr2 encoder and against a loop that writes one
+dense row per query (the approach of the original remote code)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
+from transformers.masking_utils import create_causal_mask
+from transformers.models.deepseek_ocr2.configuration_deepseek_ocr2 import (
+    DeepseekOcr2VisionEncoderConfig,
+)
 
 from encoders.attention import ATTENTION_KERNELS
 from masks import compile_mask, xformers_available
@@ -20,6 +30,88 @@ from zoo.registry import create_mask
 SIZES = (256, 144)
 TINY_SIZES = (64,)
 HEADS, KV_HEADS, HEAD_DIM = 14, 2, 64
+# (views in the call, visual tokens = queries per view) of a batch of 8 pages, 6 crops each
+PAGE_CALLS = ((8 * 6, 144), (8, 256))
+TINY_PAGE_CALLS = ((4, 16), (2, 36))
+
+
+def mask_caches() -> list[Any]:
+    """Every memoised function of the ``masks`` package (each has ``cache_clear``)."""
+    return [
+        value
+        for name, module in list(sys.modules.items())
+        if name == "masks" or name.startswith("masks.")
+        for value in vars(module).values()
+        if callable(getattr(value, "cache_clear", None))
+    ]
+
+
+def zoo_page_masks(
+    calls: tuple[tuple[int, int], ...], caches: list[Any] | None = None
+) -> list[torch.Tensor]:
+    """The additive masks the zoo encoder builds for ``calls``, after emptying ``caches``."""
+    for cache in caches or ():
+        cache.cache_clear()
+    spec = create_mask("causal_flow")
+    return [compile_mask(spec, ((VISUAL, m), (QUERY, m)), "sdpa") for _, m in calls]
+
+
+def transformers_page_masks(calls: tuple[tuple[int, int], ...]) -> list[torch.Tensor]:
+    """What transformers' deepseek_ocr2 encoder builds for ``calls`` (its forward's recipe)."""
+    config = DeepseekOcr2VisionEncoderConfig()
+    config._attn_implementation = "sdpa"
+    masks = []
+    for views, m in calls:
+        blocks = torch.full((views, 2 * m), -1, dtype=torch.long)
+        blocks[:, :m] = 0
+        masks.append(
+            create_causal_mask(
+                config=config,
+                inputs_embeds=torch.empty(views, 2 * m, 1),
+                attention_mask=None,
+                past_key_values=None,
+                block_sequence_ids=blocks,
+            )
+        )
+    return masks
+
+
+def row_loop_page_masks(calls: tuple[tuple[int, int], ...]) -> list[torch.Tensor]:
+    """The baseline: a dense mask per call, visual block at once, then one row per query."""
+    masks = []
+    for views, m in calls:
+        mask = torch.zeros(2 * m, 2 * m, dtype=torch.bool)
+        mask[:m, :m] = True
+        for query in range(m):
+            mask[m + query, : m + query + 1] = True
+        masks.append(mask.expand(views, 1, 2 * m, 2 * m))
+    return masks
+
+
+def page_rows(ctx: BenchContext) -> list[dict[str, Any]]:
+    calls = TINY_PAGE_CALLS if ctx.tiny else PAGE_CALLS
+    caches = mask_caches()
+    times = time_interleaved(
+        {
+            "zoo": lambda: zoo_page_masks(calls, caches),
+            "transformers": lambda: transformers_page_masks(calls),
+            "row_loop": lambda: row_loop_page_masks(calls),
+        },
+        ctx.repeats,
+        ctx.warmup,
+    )
+    zoo, reference, loop = (times[k].scaled(1e3, "ms") for k in ("zoo", "transformers", "row_loop"))
+    case = "page mask build (8 pages x 6 crops + global, cold caches)"
+    return [
+        comparison(f"{case} vs transformers", zoo, reference, target="<= 1.0"),
+        comparison(
+            f"{case} vs per-query row loop",
+            zoo,
+            loop,
+            target="<= 0.1",
+            note="the 'transformers' column holds the row-loop baseline",
+        ),
+    ]
 
 
 def backends() -> list[str]:
@@ -56,4 +148,4 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             rows.append(
                 comparison(f"{case}: attention", attend_times[backend].scaled(1e3, "ms"), None)
             )
-    return {"rows": rows, "backends": backends()}
+    return {"rows": rows + page_rows(ctx), "backends": backends()}

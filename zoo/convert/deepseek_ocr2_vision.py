@@ -13,11 +13,10 @@ directions, because the first matching rule wins.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from zoo.convert.deepseek_ocr_vision import official_sam_shapes
-from zoo.convert.rules import RenameRule, prefixed
+from zoo.convert.rules import prefixed, template_rules
 
 OFFICIAL_PREFIX = "model."
 TRANSFORMERS_PREFIX = "model.vision_tower."
@@ -50,24 +49,6 @@ _TRANSFORMERS_TEMPLATES = (
     ("vision_encoder.", "lm."),
     ("query_{n}_resolution.weight", "queries.{n}"),
 )
-
-
-def _template_pattern(template: str) -> str:
-    return re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>\\d+)", re.escape(template)) + "(?P<rest>.*)"
-
-
-def _template_replacement(template: str) -> str:
-    return re.sub(r"\{(\w+)\}", r"\\g<\1>", template.replace("\\", "\\\\")) + r"\g<rest>"
-
-
-def template_rules(templates: Sequence[tuple[str, str]], reverse: bool = False) -> list[RenameRule]:
-    """Rules renaming names that start with the first template of each pair to the second
-    (or the other way with ``reverse``)."""
-    pairs = [(target, source) for source, target in templates] if reverse else templates
-    return [
-        RenameRule(_template_pattern(source), _template_replacement(target))
-        for source, target in pairs
-    ]
 
 
 SAM_FROM_TRANSFORMERS = template_rules(_TRANSFORMERS_SAM_TEMPLATES)

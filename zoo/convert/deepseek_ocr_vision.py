@@ -9,43 +9,28 @@ no v1 weight index ships with the project.
 
 from __future__ import annotations
 
-import re
-
-from zoo.convert.rules import RenameRule, prefixed
+from zoo.convert.rules import RenameRule, prefixed, template_rules
 
 OFFICIAL_SAM_PREFIX = "model.sam_model."
 OFFICIAL_CLIP_PREFIX = "model.vision_model."
 ZOO_TOKENIZER_PREFIX = "tokenizer."
 ZOO_CLIP_PREFIX = "clip."
 
-# Template pairs (official name, zoo name) relative to each part: ``{i}`` stands for a block
-# index and ``{p}`` for a parameter of a linear or norm layer (weight or bias).
-_PLACEHOLDERS = {"i": r"\d+", "p": r"weight|bias"}
+# Template pairs (official name prefix, zoo name prefix) relative to each part; ``{i}`` stands
+# for a block index (see :func:`zoo.convert.rules.template_rules`).
 _CLIP_NAME_PAIRS = (
     ("embeddings.class_embedding", "class_embedding"),
     ("embeddings.position_embedding.weight", "position_embedding"),
-    ("pre_layrnorm.{p}", "pre_norm.{p}"),
-    ("transformer.layers.{i}.layer_norm1.{p}", "blocks.{i}.attn_norm.{p}"),
-    ("transformer.layers.{i}.self_attn.qkv_proj.{p}", "blocks.{i}.attn.qkv.{p}"),
-    ("transformer.layers.{i}.self_attn.out_proj.{p}", "blocks.{i}.attn.out.{p}"),
-    ("transformer.layers.{i}.layer_norm2.{p}", "blocks.{i}.mlp_norm.{p}"),
-    ("transformer.layers.{i}.mlp.fc1.{p}", "blocks.{i}.mlp.fc1.{p}"),
-    ("transformer.layers.{i}.mlp.fc2.{p}", "blocks.{i}.mlp.fc2.{p}"),
+    ("pre_layrnorm.", "pre_norm."),
+    ("transformer.layers.{i}.layer_norm1.", "blocks.{i}.attn_norm."),
+    ("transformer.layers.{i}.self_attn.qkv_proj.", "blocks.{i}.attn.qkv."),
+    ("transformer.layers.{i}.self_attn.out_proj.", "blocks.{i}.attn.out."),
+    ("transformer.layers.{i}.layer_norm2.", "blocks.{i}.mlp_norm."),
+    ("transformer.layers.{i}.mlp.", "blocks.{i}.mlp."),
 )
 
-
-def _template_rule(source: str, target: str) -> RenameRule:
-    """A rule renaming names of the ``source`` template to the ``target`` template."""
-    pattern = re.escape(source)
-    replacement = target
-    for name, values in _PLACEHOLDERS.items():
-        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>{values})")
-        replacement = replacement.replace("{" + name + "}", f"\\g<{name}>")
-    return RenameRule(pattern, replacement)
-
-
-CLIP_FROM_OFFICIAL = [_template_rule(official, zoo) for official, zoo in _CLIP_NAME_PAIRS]
-OFFICIAL_FROM_CLIP = [_template_rule(zoo, official) for official, zoo in _CLIP_NAME_PAIRS]
+CLIP_FROM_OFFICIAL = template_rules(_CLIP_NAME_PAIRS)
+OFFICIAL_FROM_CLIP = template_rules(_CLIP_NAME_PAIRS, reverse=True)
 # The zoo's SAM tokenizer keeps the official module names (blocks.N.attn.qkv, neck.0..3, ...).
 SAM_FROM_OFFICIAL = [RenameRule(r"(.+)", r"\1")]
 OFFICIAL_FROM_SAM = SAM_FROM_OFFICIAL

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,4 +53,22 @@ def prefixed(prefix_from: str, prefix_to: str, rules: Iterable[RenameRule]) -> l
             re.escape(prefix_from) + r.pattern, prefix_to.replace("\\", "\\\\") + r.replacement
         )
         for r in rules
+    ]
+
+
+def _template_pattern(template: str) -> str:
+    return re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>\\d+)", re.escape(template)) + "(?P<rest>.*)"
+
+
+def _template_replacement(template: str) -> str:
+    return re.sub(r"\{(\w+)\}", r"\\g<\1>", template.replace("\\", "\\\\")) + r"\g<rest>"
+
+
+def template_rules(templates: Sequence[tuple[str, str]], reverse: bool = False) -> list[RenameRule]:
+    """Rules renaming names that start with the first template of each pair to the second
+    (or the other way with ``reverse``)."""
+    pairs = [(target, source) for source, target in templates] if reverse else templates
+    return [
+        RenameRule(_template_pattern(source), _template_replacement(target))
+        for source, target in pairs
     ]
