@@ -15,6 +15,9 @@ from zoo.registry import (
 
 __all__ = [
     "build_model",
+    "from_pretrained",
+    "load_processor",
+    "save_pretrained",
     "create_datamodule",
     "create_decoder",
     "create_encoder",
@@ -28,10 +31,18 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # build_model pulls in torch models; keep ``import zoo`` light for the registries.
-    if name == "build_model":
-        from zoo.build import build_model
+_LAZY = {
+    "build_model": "zoo.build",
+    "from_pretrained": "zoo.checkpoint",
+    "load_processor": "zoo.checkpoint",
+    "save_pretrained": "zoo.checkpoint",
+}
 
-        return build_model
+
+def __getattr__(name: str):
+    # These pull in torch models; keep ``import zoo`` light for the registries.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")

@@ -29,6 +29,10 @@ def split_name(node: Mapping[str, Any], kind: str) -> tuple[str, dict[str, Any]]
     return node.pop("name"), node
 
 
+# The config nodes build_model reads.
+BUILD_KEYS = ("encoder", "projector", "decoder", "model", "tokenizer", "plugins")
+
+
 class ComponentMismatchError(ValueError):
     """Two composed parts disagree on a size."""
 
@@ -71,9 +75,12 @@ def build_model(cfg: Mapping[str, Any], tokenizer: Tokenizer | None = None) -> O
     projector = create_projector(projector_name, **projector_kwargs)
     image_mode = get_view_mode(to_plain(cfg.get("model") or {}).get("image_mode"))
     check_view_tokens(encoder, encoder_name, image_mode)
-    return OCRModel(
+    model = OCRModel(
         encoder, projector, decoder, image_token_id=tokenizer.image_id, image_mode=image_mode
     )
+    # What built it, so that save_pretrained can write a folder from_pretrained rebuilds.
+    model.build_config = {key: to_plain(cfg.get(key)) for key in BUILD_KEYS}
+    return model
 
 
 def check_view_tokens(encoder: VisionEncoder, encoder_name: str, mode: ViewMode) -> None:

@@ -89,12 +89,8 @@ def read_safetensors_folder(directory: Path | str) -> dict[str, torch.Tensor]:
 
 
 def _from_pretrained(directory: str) -> nn.Module:
-    try:
-        from zoo.checkpoint import from_pretrained
-    except ImportError as error:
-        raise InitError(
-            f"loading {directory} needs zoo.checkpoint.from_pretrained, which is unavailable"
-        ) from error
+    from zoo.checkpoint import from_pretrained  # zoo.checkpoint imports this module
+
     return from_pretrained(directory)
 
 

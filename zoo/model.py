@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -160,6 +161,12 @@ class OCRModel(nn.Module):
                 ignore_index=IGNORE_INDEX,
             )
         return OCROutput(out.logits, loss, out.aux_loss, out.past_key_values)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the model to ``directory`` (see :func:`zoo.checkpoint.save_pretrained`)."""
+        from zoo.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory)
 
     @torch.no_grad()
     def generate(

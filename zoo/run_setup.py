@@ -12,7 +12,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from lightning_modules.ocr_module import OCRLightningModule
-from zoo.build import split_name, to_plain
+from zoo.build import BUILD_KEYS, split_name, to_plain
 from zoo.init_weights import initialize
 from zoo.processor import OCRProcessor
 from zoo.registry import create_datamodule, import_plugins
@@ -36,8 +36,7 @@ def make_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 def model_config(cfg: DictConfig) -> dict[str, Any]:
     """The part of a run config that ``build_model`` reads."""
-    keys = ("encoder", "projector", "decoder", "model", "tokenizer", "plugins")
-    return {k: to_plain(cfg.get(k)) for k in keys}
+    return {key: to_plain(cfg.get(key)) for key in BUILD_KEYS}
 
 
 def make_module(cfg: DictConfig) -> OCRLightningModule:
