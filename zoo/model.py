@@ -45,6 +45,10 @@ class OCRModel(nn.Module):
     laid out as tokens; v1 modes lay out rows with a learned newline vector, v2 does not.
     """
 
+    # The build_model config that made this model (set by build_model), which save_pretrained
+    # writes so that from_pretrained can rebuild it.
+    build_config: dict[str, object] | None = None
+
     def __init__(
         self,
         encoder: VisionEncoder,
