@@ -164,12 +164,20 @@ class QuerySets(nn.Module):
     ``sinusoidal_2d``: fixed :func:`sinusoidal_2d` sets, neither trained nor saved.
     """
 
-    def __init__(self, counts: Mapping[int, int], hidden_size: int, init: str = "learned"):
+    def __init__(
+        self,
+        counts: Mapping[int, int],
+        hidden_size: int,
+        init: str = "learned",
+        view_by_visual_tokens: Mapping[int, int] | None = None,
+    ):
         super().__init__()
         if init not in QUERY_INITS:
             raise ValueError(f"unknown query_init {init!r}; valid: {list(QUERY_INITS)}")
         self.init = init
         self.counts = dict(counts)
+        # which set reads a view, chosen by its visual-token count (see query_plan)
+        self.view_by_visual_tokens = dict(view_by_visual_tokens or {})
         if init == "learned":
             # drawn in the given order, registered sorted by name (as nn.ParameterDict does), so
             # seeded initialisation and state-dict order match the encoder's first layout
@@ -183,6 +191,17 @@ class QuerySets(nn.Module):
             longest = max(self.counts.values())
             self.shared = nn.Parameter(torch.randn(longest, hidden_size))
 
+    def for_visual_tokens(self, num_visual_tokens: int) -> torch.Tensor:
+        """The ``[n, hidden]`` set that reads a view of ``num_visual_tokens`` visual tokens."""
+        view = self.view_by_visual_tokens.get(num_visual_tokens)
+        if view is None:
+            served = {v: t for t, v in self.view_by_visual_tokens.items()}
+            raise ValueError(
+                f"no query set serves {num_visual_tokens} visual tokens; the sets serve (view "
+                f"size: visual tokens) {served}; add the view size to query_sets"
+            )
+        return self(view)
+
     def forward(self, view: int) -> torch.Tensor:
         if self.init != "shared_resized":
             return getattr(self, str(view))
@@ -191,6 +210,35 @@ class QuerySets(nn.Module):
             return self.shared
         resized = F.interpolate(self.shared.T[None], size=count, mode="linear", align_corners=True)
         return resized[0].T
+
+
+def query_plan(
+    tokenizer: VisionEncoder,
+    query_sets: Mapping[int | str, int] | None,
+    query_ratio: float | None,
+) -> tuple[dict[int, int], dict[int, int]]:
+    """(view size -> number of queries, visual-token count -> view size) of a query encoder.
+
+    Counts come from ``query_sets`` (default: the release's) or, with ``query_ratio``, as that
+    multiple of each view's visual-token count (at least one). A view's set is chosen by its
+    visual-token count, so two view sizes must not give the same count.
+    """
+    sizes = {int(view): int(n) for view, n in (query_sets or DEFAULT_QUERY_SETS).items()}
+    if query_ratio is not None:
+        if query_ratio <= 0:
+            raise ValueError(f"query_ratio must be > 0, got {query_ratio}")
+        sizes = {view: max(1, round(query_ratio * tokenizer.num_tokens(view))) for view in sizes}
+    view_by_visual_tokens: dict[int, int] = {}
+    for view in sizes:
+        tokens = tokenizer.num_tokens(view)
+        if tokens in view_by_visual_tokens:
+            raise ValueError(
+                f"query sets for views {view_by_visual_tokens[tokens]} and {view} both "
+                f"serve {tokens} visual tokens; a set is chosen by the token count, so they "
+                "must differ"
+            )
+        view_by_visual_tokens[tokens] = view
+    return sizes, view_by_visual_tokens
 
 
 @register_encoder("causal_flow")
@@ -260,48 +308,17 @@ class CausalFlowEncoder(VisionEncoder):
             attn_backend,
         )
         self.queries = None
-        self._view_by_visual_tokens: dict[int, int] = {}
         if with_queries:
-            counts = self._query_counts(query_sets, query_ratio)
+            counts, view_by_visual_tokens = query_plan(self.tokenizer, query_sets, query_ratio)
             # learned sets start from nn.Embedding's N(0, 1), as the official query tables.
-            self.queries = QuerySets(counts, hidden_size, query_init)
+            self.queries = QuerySets(counts, hidden_size, query_init, view_by_visual_tokens)
         self.out_dim = hidden_size
-
-    def _query_counts(
-        self, query_sets: Mapping[int | str, int] | None, query_ratio: float | None
-    ) -> dict[int, int]:
-        """View size -> number of queries, from ``query_sets`` or ``query_ratio``; also fills
-        the visual-token-count -> view-size table that picks a view's set."""
-        sizes = {int(view): int(n) for view, n in (query_sets or DEFAULT_QUERY_SETS).items()}
-        if query_ratio is not None:
-            if query_ratio <= 0:
-                raise ValueError(f"query_ratio must be > 0, got {query_ratio}")
-            sizes = {
-                view: max(1, round(query_ratio * self.tokenizer.num_tokens(view))) for view in sizes
-            }
-        for view in sizes:
-            tokens = self.tokenizer.num_tokens(view)
-            if tokens in self._view_by_visual_tokens:
-                raise ValueError(
-                    f"query sets for views {self._view_by_visual_tokens[tokens]} and {view} both "
-                    f"serve {tokens} visual tokens; a set is chosen by the token count, so they "
-                    "must differ"
-                )
-            self._view_by_visual_tokens[tokens] = view
-        return sizes
 
     def queries_for(self, num_visual_tokens: int) -> torch.Tensor:
         """The ``[n, hidden]`` query set that reads ``num_visual_tokens`` visual tokens."""
         if self.queries is None:
             raise ValueError("this encoder has no queries (with_queries=False)")
-        view = self._view_by_visual_tokens.get(num_visual_tokens)
-        if view is None:
-            served = {v: t for t, v in self._view_by_visual_tokens.items()}
-            raise ValueError(
-                f"no query set serves {num_visual_tokens} visual tokens; the sets serve (view "
-                f"size: visual tokens) {served}; add the view size to query_sets"
-            )
-        return self.queries(view)
+        return self.queries.for_visual_tokens(num_visual_tokens)
 
     def forward(
         self, pixel_values: torch.Tensor, return_attention: bool = False

@@ -21,10 +21,10 @@ from encoders.attention import ATTENTION_KERNELS, GroupedQueryAttention
 from encoders.base import VisionEncoder, create_tokenizer
 from encoders.causal_flow import (
     DEFAULT_TOKENIZER,
-    CausalFlowEncoder,
     EncoderLayer,
     MaskedTransformer,
     QuerySets,
+    query_plan,
 )
 from masks.backends import compile_mask
 from masks.builtin import QUERY
@@ -176,12 +176,13 @@ class CrossAttentionQueriesEncoder(VisionEncoder):
             hidden_size, num_decoder_layers, *stack_shape, initializer_range, attn_backend
         )
         # the query sets and their choice by visual-token count are causal_flow's own
-        self._view_by_visual_tokens: dict[int, int] = {}
-        counts = CausalFlowEncoder._query_counts(self, query_sets, query_ratio)
-        self.queries = QuerySets(counts, hidden_size)
+        counts, view_by_visual_tokens = query_plan(self.tokenizer, query_sets, query_ratio)
+        self.queries = QuerySets(counts, hidden_size, view_by_visual_tokens=view_by_visual_tokens)
         self.out_dim = hidden_size
 
-    queries_for = CausalFlowEncoder.queries_for
+    def queries_for(self, num_visual_tokens: int) -> torch.Tensor:
+        """The ``[n, hidden]`` query set that reads ``num_visual_tokens`` visual tokens."""
+        return self.queries.for_visual_tokens(num_visual_tokens)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         visual = self.tokenizer(pixel_values)
