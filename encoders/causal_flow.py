@@ -185,11 +185,18 @@ class QuerySets(nn.Module):
             for name in sorted(sets):
                 self.register_parameter(name, sets[name])
         elif init == "sinusoidal_2d":
+            self.hidden_size = hidden_size
             for view, count in self.counts.items():
                 self.register_buffer(str(view), sinusoidal_2d(count, hidden_size), persistent=False)
         else:
             longest = max(self.counts.values())
             self.shared = nn.Parameter(torch.randn(longest, hidden_size))
+
+    def reset_derived_buffers(self) -> None:
+        """Recompute the fixed (never stored) sinusoidal sets, e.g. after a meta-device build."""
+        if self.init == "sinusoidal_2d":
+            for view, count in self.counts.items():
+                setattr(self, str(view), sinusoidal_2d(count, self.hidden_size))
 
     def for_visual_tokens(self, num_visual_tokens: int) -> torch.Tensor:
         """The ``[n, hidden]`` set that reads a view of ``num_visual_tokens`` visual tokens."""

@@ -70,7 +70,7 @@ def test_folders_of_other_layouts_are_refused_with_a_reason(tmp_path):
     with pytest.raises(CheckpointFormatError, match="expected zoo_config.json"):
         zoo.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(CheckpointFormatError, match="not supported yet"):
+    with pytest.raises(CheckpointFormatError, match="neither a released DeepSeek-OCR"):
         zoo.from_pretrained(tmp_path)
 
 

@@ -41,11 +41,13 @@ def build_model(cfg: Mapping[str, Any], tokenizer: Tokenizer | None = None) -> O
     """Build encoder, projector and decoder from ``cfg`` and compose them.
 
     ``cfg`` holds the nodes ``encoder``, ``projector``, ``decoder`` (each a registry ``name`` plus
-    keyword arguments), ``model`` (``image_mode``: a view-mode name or mapping) and optionally
+    keyword arguments), ``model`` (``image_mode``: a view-mode name or mapping; optionally
+    ``image_token_id``, which a configured tokenizer must agree with) and optionally
     ``tokenizer`` (see :func:`zoo.tokenizer.load_tokenizer`) and ``plugins`` (modules to import
     first, so user components register).
     """
     import_plugins(to_plain(cfg.get("plugins")) or [])
+    tokenizer_given = tokenizer is not None or bool(cfg.get("tokenizer"))
     if tokenizer is None:
         tokenizer = load_tokenizer(to_plain(cfg.get("tokenizer")))
 
@@ -73,10 +75,17 @@ def build_model(cfg: Mapping[str, Any], tokenizer: Tokenizer | None = None) -> O
             f"vocab_size={decoder.vocab_size}"
         )
     projector = create_projector(projector_name, **projector_kwargs)
-    image_mode = get_view_mode(to_plain(cfg.get("model") or {}).get("image_mode"))
+    model_cfg = to_plain(cfg.get("model") or {})
+    image_mode = get_view_mode(model_cfg.get("image_mode"))
     check_view_tokens(encoder, encoder_name, image_mode)
+    image_token_id = model_cfg.get("image_token_id", tokenizer.image_id)
+    if tokenizer_given and image_token_id != tokenizer.image_id:
+        raise ComponentMismatchError(
+            f"model.image_token_id={image_token_id} but the tokenizer's <image> token is "
+            f"{tokenizer.image_id}"
+        )
     model = OCRModel(
-        encoder, projector, decoder, image_token_id=tokenizer.image_id, image_mode=image_mode
+        encoder, projector, decoder, image_token_id=image_token_id, image_mode=image_mode
     )
     # What built it, so that save_pretrained can write a folder from_pretrained rebuilds.
     model.build_config = {key: to_plain(cfg.get(key)) for key in BUILD_KEYS}

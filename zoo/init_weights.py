@@ -10,6 +10,7 @@ They are applied in that order; every load names the tensors that are missing or
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -48,8 +49,10 @@ def load_checked(
     tensors: Mapping[str, torch.Tensor],
     source: str,
     may_be_missing: tuple[str, ...] = (),
+    assign: bool = False,
 ) -> None:
-    """Copy ``tensors`` into ``module``'s parameters and buffers of the same names.
+    """Copy ``tensors`` into ``module``'s parameters and buffers of the same names (``assign``:
+    make them the module's tensors, e.g. for a module built on the meta device).
 
     Raises :class:`InitError` listing tensors the module lacks, tensors of the wrong shape and
     module tensors the source lacks (except names starting with ``may_be_missing``).
@@ -73,15 +76,24 @@ def load_checked(
     ]
     if problems:
         raise InitError(f"cannot load {source}: " + "; ".join(problems))
-    module.load_state_dict(dict(tensors), strict=False)
+    module.load_state_dict(dict(tensors), strict=False, assign=assign)
 
 
 def read_safetensors_folder(directory: Path | str) -> dict[str, torch.Tensor]:
-    """Every tensor of the ``*.safetensors`` files of a transformers folder."""
+    """Every tensor of a folder: the shards its ``model.safetensors.index.json`` names, or else
+    every ``*.safetensors`` file."""
     directory = Path(directory)
-    files = sorted(directory.glob("*.safetensors"))
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [name for name in shards if not (directory / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} names shards that are absent: {missing}")
+        files = [directory / name for name in shards]
+    else:
+        files = sorted(directory.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{directory}: no *.safetensors files (a transformers folder)")
+        raise FileNotFoundError(f"{directory}: no *.safetensors files")
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         tensors.update(load_file(file))

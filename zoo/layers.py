@@ -39,8 +39,16 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", self._inverse_frequencies(), persistent=False)
+
+    def _inverse_frequencies(self) -> torch.Tensor:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim
+        return 1.0 / (self.theta**exponents)
+
+    def reset_derived_buffers(self) -> None:
+        """Recompute the (never stored) frequencies, e.g. after a build on the meta device."""
+        self.inv_freq = self._inverse_frequencies()
 
     def forward(
         self, position_ids: torch.Tensor, dtype: torch.dtype

@@ -166,11 +166,12 @@ class OCRModel(nn.Module):
             )
         return OCROutput(out.logits, loss, out.aux_loss, out.past_key_values)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the model to ``directory`` (see :func:`zoo.checkpoint.save_pretrained`)."""
+    def save_pretrained(self, directory: str | Path, layout: str = "zoo") -> Path:
+        """Write the model to ``directory`` in ``layout`` (``zoo``, ``official`` or
+        ``transformers``; see :func:`zoo.checkpoint.save_pretrained`)."""
         from zoo.checkpoint import save_pretrained
 
-        return save_pretrained(self, directory)
+        return save_pretrained(self, directory, layout)
 
     @torch.no_grad()
     def generate(

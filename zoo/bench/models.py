@@ -3,9 +3,9 @@
 both are fed.
 
 The transformers model is built on the meta device and its parameters are assigned from the zoo
-state dict converted to transformers' names (vision: ``zoo.convert.deepseek_ocr2_vision`` rules;
-decoder: ``zoo.convert.deepseek_decoder.zoo_to_transformers``), so the pair costs one copy of the
-weights (plus transposed expert stacks) and any naming mistake fails loudly (strict load).
+state dict converted to transformers' names (``zoo.convert.transformers_checkpoint``), so the
+pair costs one copy of the weights (plus transposed expert stacks) and any naming mistake fails
+loudly (strict load).
 """
 
 from __future__ import annotations
@@ -16,16 +16,12 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import nn
-from transformers import DeepseekOcr2Config, DeepseekOcr2ForConditionalGeneration
+from transformers import DeepseekOcr2ForConditionalGeneration
 
-from decoders import DeepseekMoEDecoder
-from encoders.causal_flow import CausalFlowEncoder
-from zoo.convert.deepseek_decoder import zoo_to_transformers
-from zoo.convert.deepseek_ocr2_vision import TRANSFORMERS_FROM_CAUSAL_FLOW
-from zoo.convert.rules import rename_state_dict
+from zoo.build import build_model
+from zoo.convert.transformers_checkpoint import transformers_config, transformers_state_dict
 from zoo.model import OCRModel
 from zoo.preprocessing import ImageBatch
-from zoo.projectors import LinearProjector
 
 IMAGE_TOKEN_ID = 128815  # the release's <image> id; tiny vocabularies use their last id
 
@@ -118,93 +114,25 @@ def randomize_(module: nn.Module, seed: int = 0) -> None:
 def build_zoo_model(size: ModelSize, seed: int = 0) -> OCRModel:
     """A zoo DeepSeek-OCR 2 of ``size`` with random weights, in eval mode."""
     torch.manual_seed(seed)
-    encoder = CausalFlowEncoder(**size.encoder)
-    decoder = DeepseekMoEDecoder(**size.decoder)
-    projector = LinearProjector(encoder.out_dim, decoder.hidden_size)
-    model = OCRModel(encoder, projector, decoder, image_token_id(size), image_mode="v2")
+    model = build_model(
+        {
+            "encoder": {"name": "causal_flow", **size.encoder},
+            "projector": {"name": "linear"},
+            "decoder": {"name": "deepseek_moe", **size.decoder},
+            "model": {"image_mode": "v2", "image_token_id": image_token_id(size)},
+        }
+    )
     randomize_(model, seed)
     return model.eval()
-
-
-def transformers_config(model: OCRModel) -> DeepseekOcr2Config:
-    """transformers' config of the same shape as the zoo ``model``."""
-    sam, lm, decoder = model.encoder.tokenizer, model.encoder.lm, model.decoder
-    attention = lm.layers[0].self_attn
-    layers = decoder.layers
-    moe = next((layer.mlp for layer in layers if hasattr(layer.mlp, "router")), None)
-    text: dict[str, Any] = {
-        "vocab_size": decoder.vocab_size,
-        "hidden_size": decoder.hidden_size,
-        "num_hidden_layers": len(layers),
-        "num_attention_heads": layers[0].self_attn.num_heads,
-        "num_key_value_heads": layers[0].self_attn.num_heads,
-        "intermediate_size": layers[0].mlp.up_proj.out_features,
-        "mlp_layer_types": [
-            "sparse" if hasattr(layer.mlp, "router") else "dense" for layer in layers
-        ],
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-        "max_position_embeddings": 8192,
-        "rms_norm_eps": decoder.norm.eps,
-    }
-    if moe is not None:
-        text.update(
-            n_routed_experts=moe.experts.num_experts,
-            moe_intermediate_size=moe.experts.intermediate_size,
-            num_experts_per_tok=moe.router.top_k,
-            n_shared_experts=moe.shared_experts.up_proj.out_features
-            // moe.experts.intermediate_size,
-            routed_scaling_factor=moe.router.routed_scaling_factor,
-            topk_method=moe.router.topk_method,
-        )
-    vision = {
-        "sam_config": {
-            "hidden_size": sam.patch_embed.proj.out_channels,
-            "num_hidden_layers": len(sam.blocks),
-            "num_attention_heads": sam.blocks[0].attn.num_heads,
-            "global_attn_indexes": [i for i, b in enumerate(sam.blocks) if not b.window_size],
-            "output_channels": sam.neck[0].out_channels,
-            "downsample_channels": [sam.net_2.out_channels, sam.net_3.out_channels],
-        },
-        "encoder_config": {
-            "hidden_size": model.encoder.out_dim,
-            "intermediate_size": lm.layers[0].mlp.up_proj.out_features,
-            "num_hidden_layers": len(lm.layers),
-            "num_attention_heads": attention.num_heads,
-            "num_key_value_heads": attention.num_kv_heads,
-            "rms_norm_eps": lm.norm.eps,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
-        },
-    }
-    config = DeepseekOcr2Config(
-        text_config=text, vision_config=vision, image_token_id=model.image_token_id
-    )
-    config._attn_implementation = "sdpa"
-    for sub in (config.text_config, config.vision_config, config.vision_config.sam_config):
-        sub._attn_implementation = "sdpa"
-    config.vision_config.encoder_config._attn_implementation = "sdpa"
-    return config
-
-
-def transformers_state_dict(model: OCRModel) -> dict[str, torch.Tensor]:
-    """The zoo ``model``'s weights in ``DeepseekOcr2ForConditionalGeneration``'s names."""
-    vision, unmatched = rename_state_dict(model.encoder.state_dict(), TRANSFORMERS_FROM_CAUSAL_FLOW)
-    if unmatched:
-        raise KeyError(f"no transformers name for encoder weights {unmatched[:5]}")
-    projector = model.projector.layers
-    return {
-        **vision,
-        **zoo_to_transformers(model.decoder.state_dict()),
-        "model.multi_modal_projector.weight": projector.weight.detach(),
-        "model.multi_modal_projector.bias": projector.bias.detach(),
-        "model.view_separator": model.view_separator.detach(),
-    }
 
 
 def transformers_twin(model: OCRModel) -> DeepseekOcr2ForConditionalGeneration:
     """transformers' DeepSeek-OCR 2 holding the zoo ``model``'s weights (shared, not copied,
     except the transposed expert stacks), in eval mode."""
     with torch.device("meta"):
-        twin = DeepseekOcr2ForConditionalGeneration(transformers_config(model))
+        twin = DeepseekOcr2ForConditionalGeneration(
+            transformers_config(model.build_config, model.image_token_id)
+        )
     twin.load_state_dict(transformers_state_dict(model), strict=True, assign=True)
     # Non-persistent rotary tables are not in any state dict; take the zoo's (same formula).
     vision_rotary = twin.model.vision_tower.vision_encoder.rotary_emb

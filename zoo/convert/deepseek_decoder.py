@@ -54,15 +54,19 @@ LM_HEAD = "lm_head.weight"
 _BODY = ("embed_tokens.", "layers.", "norm.")
 
 
+def is_decoder_key(key: str, prefix: str = OFFICIAL_PREFIX) -> bool:
+    """Whether a whole-model ``key`` belongs to the decoder of a layout rooted at ``prefix``."""
+    return key == LM_HEAD or (key.startswith(prefix) and key[len(prefix) :].startswith(_BODY))
+
+
 def _decoder_entries(
     state_dict: Mapping[str, torch.Tensor], prefix: str
 ) -> Iterator[tuple[str, str, torch.Tensor]]:
     """``(key, key relative to the decoder root, tensor)`` for the decoder's keys under ``prefix``
     (plus the top-level LM head); other keys (vision, projector) are skipped."""
     for key, tensor in state_dict.items():
-        rest = key[len(prefix) :] if key.startswith(prefix) else ""
-        if key == LM_HEAD or rest.startswith(_BODY):
-            yield key, rest or key, tensor
+        if is_decoder_key(key, prefix):
+            yield key, key if key == LM_HEAD else key[len(prefix) :], tensor
 
 
 def _rename(key: str, rest: str, rules: tuple[RenameRule, ...], layout: str) -> str:
@@ -187,6 +191,7 @@ def official_config_to_kwargs(language_config: Mapping[str, Any]) -> dict[str, A
             "hidden_size",
             "num_hidden_layers",
             "num_attention_heads",
+            "head_dim",
             "intermediate_size",
             "first_k_dense_replace",
             "n_routed_experts",
