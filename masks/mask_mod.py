@@ -14,7 +14,6 @@ from functools import lru_cache
 
 import torch
 
-from masks.dense import view_mask
 from masks.layout import BatchLayout
 from masks.spec import MaskSpec
 
@@ -24,10 +23,8 @@ MaskMod = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tenso
 @lru_cache(maxsize=128)
 def mask_mod(spec: MaskSpec, layout: BatchLayout, device: torch.device) -> MaskMod:
     """flex_attention's ``mask_mod`` for ``spec`` over ``layout`` (True = may attend); ``b``
-    indexes the layout's rows, ignored for a one-row layout. Built after checking that every
-    real token of every view sees at least one token."""
-    for view in dict.fromkeys(view for row in layout.rows for view in row):
-        view_mask(spec, view, torch.device("cpu"))  # raises if a token of the view sees nothing
+    indexes the layout's rows, ignored for a one-row layout. Indices broadcast, so one call may
+    evaluate a whole block of rows."""
     label, view_id, _ = layout.tokens(device)
     allows = spec.predicate(layout.labels, device)
     one_row = layout.batch_size == 1

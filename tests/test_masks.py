@@ -19,6 +19,7 @@ from masks import (
     stack,
     xformers_bias,
 )
+from masks.builtin import QUERY, VISUAL
 from tests.test_causal_flow import tiny_encoder
 from zoo.registry import MASKS, create_mask
 
@@ -225,3 +226,17 @@ def test_xformers_bias_rows_are_8_aligned_and_equal_the_additive_mask():
     bias = xformers_bias(spec, layout)
     assert bias.shape == (1, 1, 7, 7) and bias.stride(-2) % 8 == 0
     assert torch.equal(bias[0, 0], additive_mask(spec, layout))
+
+
+def test_the_flex_block_mask_is_built_without_a_dense_mask():
+    from zoo.bench.measure import peak_tensor_bytes
+
+    visual = 2048
+    layout = [(VISUAL, visual), (QUERY, visual)]
+    spec = create_mask("causal_flow")
+    peak = peak_tensor_bytes(lambda: block_mask(spec, layout))
+    dense_bool_bytes = (2 * visual) ** 2
+    assert peak < dense_bool_bytes / 4
+    blocks = block_mask(spec, layout).to_dense()  # [1, 1, q blocks, kv blocks]
+    assert blocks[0, 0, :16, :16].all() and not blocks[0, 0, :16, 16:].any()  # visual rows
+    assert blocks[0, 0, 16:, :16].all() and not blocks[0, 0, 16, 17:].any()  # queries: causal

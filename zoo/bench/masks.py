@@ -6,8 +6,9 @@ timed as called by the encoder (``compile_mask`` caches results where the backen
 
 The page case builds, from cold caches, every mask the encoder needs for a batch of 8 v2 pages
 with 6 crops + global (one call over the 48 crops, one over the 8 global views), against
-transformers' own construction for its deepseek_ocr2 encoder and against a loop that writes one
-dense row per query (the approach of the original remote code)."""
+transformers' own construction for its deepseek_ocr2 encoder and against the original remote
+code's recipe (a dense float mask per view, written one query row at a time), and reports the
+peak memory of building them as flex BlockMasks next to dense SDPA masks."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from encoders.attention import ATTENTION_KERNELS
 from masks import compile_mask, xformers_available
 from masks.builtin import QUERY, VISUAL
 from zoo.bench.context import BenchContext, comparison
-from zoo.bench.measure import time_interleaved
+from zoo.bench.measure import Stats, peak_tensor_bytes, time_interleaved
 from zoo.registry import create_mask
 
 SIZES = (256, 144)
@@ -47,13 +48,14 @@ def mask_caches() -> list[Any]:
 
 
 def zoo_page_masks(
-    calls: tuple[tuple[int, int], ...], caches: list[Any] | None = None
-) -> list[torch.Tensor]:
-    """The additive masks the zoo encoder builds for ``calls``, after emptying ``caches``."""
+    calls: tuple[tuple[int, int], ...], caches: list[Any] | None = None, backend: str = "sdpa"
+) -> list[Any]:
+    """The masks the zoo encoder builds for ``calls`` with ``backend`` (additive tensors for
+    SDPA, BlockMasks for flex), after emptying ``caches``."""
     for cache in caches or ():
         cache.cache_clear()
     spec = create_mask("causal_flow")
-    return [compile_mask(spec, ((VISUAL, m), (QUERY, m)), "sdpa") for _, m in calls]
+    return [compile_mask(spec, ((VISUAL, m), (QUERY, m)), backend) for _, m in calls]
 
 
 def transformers_page_masks(calls: tuple[tuple[int, int], ...]) -> list[torch.Tensor]:
@@ -77,14 +79,22 @@ def transformers_page_masks(calls: tuple[tuple[int, int], ...]) -> list[torch.Te
 
 
 def row_loop_page_masks(calls: tuple[tuple[int, int], ...]) -> list[torch.Tensor]:
-    """The baseline: a dense mask per call, visual block at once, then one row per query."""
+    """The baseline, the original remote code's recipe: per view, a float mask filled with the
+    minimum, the visual block opened by index, then two writes per query row (the visual
+    columns, and the queries up to itself); the views stacked into ``[views, 1, L, L]``."""
     masks = []
     for views, m in calls:
-        mask = torch.zeros(2 * m, 2 * m, dtype=torch.bool)
-        mask[:m, :m] = True
-        for query in range(m):
-            mask[m + query, : m + query + 1] = True
-        masks.append(mask.expand(views, 1, 2 * m, 2 * m))
+        blocked = torch.finfo(torch.float32).min
+        visual, queries = torch.arange(m), torch.arange(m, 2 * m)
+        per_view = []
+        for _ in range(views):
+            mask = torch.full((2 * m, 2 * m), blocked)
+            mask[visual[:, None], visual] = 0.0
+            for i, row in enumerate(queries):
+                mask[row, visual] = 0.0
+                mask[row, queries[: i + 1]] = 0.0
+            per_view.append(mask)
+        masks.append(torch.stack(per_view)[:, None])
     return masks
 
 
@@ -102,6 +112,10 @@ def page_rows(ctx: BenchContext) -> list[dict[str, Any]]:
     )
     zoo, reference, loop = (times[k].scaled(1e3, "ms") for k in ("zoo", "transformers", "row_loop"))
     case = "page mask build (8 pages x 6 crops + global, cold caches)"
+    memory = {
+        backend: peak_tensor_bytes(lambda b=backend: zoo_page_masks(calls, caches, b))
+        for backend in ("flex", "sdpa")
+    }
     return [
         comparison(f"{case} vs transformers", zoo, reference, target="<= 1.0"),
         comparison(
@@ -110,6 +124,12 @@ def page_rows(ctx: BenchContext) -> list[dict[str, Any]]:
             loop,
             target="<= 0.1",
             note="the 'transformers' column holds the row-loop baseline",
+        ),
+        comparison(
+            f"{case}: peak memory, flex BlockMask vs dense SDPA mask",
+            Stats.of([memory["flex"] / 2**20], "MiB"),
+            Stats.of([memory["sdpa"] / 2**20], "MiB"),
+            note="the 'transformers' column holds the zoo's dense SDPA mask",
         ),
     ]
 
