@@ -4,7 +4,8 @@
 ``encoder_from``: only the encoder, from a Lightning ``.ckpt`` of an earlier stage or a
 ``from_pretrained`` folder (e.g. stage 1's encoder under stage 2's MoE decoder).
 ``sam`` / ``clip`` / ``qwen2``: one encoder part each from a transformers folder
-(``config.json`` + ``*.safetensors``), see :mod:`zoo.convert.pretrained_parts`.
+(``config.json`` + ``*.safetensors``; SAM and CLIP also from a timm folder), see
+:mod:`zoo.convert.pretrained_parts`.
 They are applied in that order; every load names the tensors that are missing or mis-shaped.
 """
 
@@ -22,9 +23,9 @@ from torch import nn
 
 from zoo.convert.pretrained_parts import (
     SAM_PARTS_NOT_IN_SAM,
-    clip_from_transformers,
+    clip_from_checkpoint,
     qwen2_from_transformers,
-    sam_from_transformers,
+    sam_from_checkpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,8 @@ LIGHTNING_MODEL_PREFIX = "model."
 
 # part key -> (module path in OCRModel, converter, zoo names the source never has)
 PARTS: dict[str, tuple[str, Callable[[dict], dict], tuple[str, ...]]] = {
-    "sam": ("encoder.tokenizer", sam_from_transformers, SAM_PARTS_NOT_IN_SAM),
-    "clip": ("encoder.clip", clip_from_transformers, ()),
+    "sam": ("encoder.tokenizer", sam_from_checkpoint, SAM_PARTS_NOT_IN_SAM),
+    "clip": ("encoder.clip", clip_from_checkpoint, ()),
     "qwen2": ("encoder.lm", qwen2_from_transformers, ()),
 }
 

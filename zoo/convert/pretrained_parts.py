@@ -1,10 +1,12 @@
-"""Public transformers checkpoints of the encoders' parts -> zoo parameter names.
+"""Public transformers and timm checkpoints of the encoders' parts -> zoo parameter names.
 
 DeepSeek-OCR 2's encoder pretraining starts from public weights: SAM ViT-B for the tokenizer,
 Qwen2-0.5B for the LM encoder (DeepSeek-OCR's CLIP stage starts from CLIP-L). Each function
 takes the state dict of a transformers folder (``SamModel`` / ``SamVisionModel``,
-``CLIPVisionModel`` / ``CLIPModel``, ``Qwen2Model`` / ``Qwen2ForCausalLM``) and returns the
-tensors under the names of the zoo part they initialise, relative to that part:
+``CLIPVisionModel`` / ``CLIPModel``, ``Qwen2Model`` / ``Qwen2ForCausalLM``) or of a timm model
+(``samvit_base_patch16``, ``vit_large_patch14_clip_224``; ``*_from_checkpoint`` tells the two
+apart by their tensor names) and returns the tensors under the names of the zoo part they
+initialise, relative to that part:
 ``encoder.tokenizer`` (:class:`encoders.sam.SamViTB`), ``encoder.clip``
 (:class:`encoders.clip.ClipOverFeatureMap`) and ``encoder.lm``
 (:class:`encoders.causal_flow.MaskedTransformer`). Tensors the zoo part has no use for (SAM's
@@ -21,7 +23,7 @@ import torch
 
 from zoo.convert.deepseek_ocr2_vision import SAM_FROM_TRANSFORMERS
 from zoo.convert.deepseek_ocr_vision import CLIP_FROM_OFFICIAL
-from zoo.convert.rules import rename_state_dict
+from zoo.convert.rules import RenameRule, rename_state_dict, template_rules
 
 # The compressor convs follow SAM's neck in the zoo tokenizer; no SAM checkpoint has them.
 SAM_PARTS_NOT_IN_SAM = ("net_2.", "net_3.")
@@ -100,3 +102,66 @@ def qwen2_from_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[str,
             "Qwen2ForCausalLM state dict"
         )
     return tensors
+
+
+# timm's VisionTransformerSAM keeps SAM's layout except for the MLP's names; other names pass
+# through and the strict load reports any the zoo part lacks.
+_SAM_FROM_TIMM = [
+    RenameRule(r"blocks\.(\d+)\.mlp\.fc([12])\.(weight|bias)", r"blocks.\1.mlp.lin\2.\3"),
+    RenameRule(r"(.+)", r"\1"),
+]
+_TIMM_SAM_UNUSED = ("head.", "norm_pre.", "fc_norm.")
+# timm's CLIP ViT (pre-norm, fused qkv) -> the official DeepSeek-OCR CLIP names, relative to
+# ``ClipOverFeatureMap``.
+_CLIP_FROM_TIMM = template_rules(
+    (
+        ("norm_pre.", "pre_norm."),
+        ("blocks.{i}.norm1.", "blocks.{i}.attn_norm."),
+        ("blocks.{i}.attn.qkv.", "blocks.{i}.attn.qkv."),
+        ("blocks.{i}.attn.proj.", "blocks.{i}.attn.out."),
+        ("blocks.{i}.norm2.", "blocks.{i}.mlp_norm."),
+        ("blocks.{i}.mlp.", "blocks.{i}.mlp."),
+    )
+)
+_TIMM_CLIP_UNUSED = ("patch_embed.", "norm.", "fc_norm.", "head.")
+
+
+def sam_from_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm ``samvit_*`` tensors -> :class:`SamViTB` names (no compressor)."""
+    if "pos_embed" not in state_dict or "blocks.0.norm1.weight" not in state_dict:
+        raise ValueError("SAM checkpoint: no 'pos_embed' / 'blocks.0.norm1.weight' (timm names)")
+    kept = {k: v for k, v in state_dict.items() if not k.startswith(_TIMM_SAM_UNUSED)}
+    return rename_state_dict(kept, _SAM_FROM_TIMM)[0]
+
+
+def clip_from_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm ``vit_*_clip_*`` tensors -> :class:`ClipOverFeatureMap` names: the class token and
+    position table lose their batch axes; the pixel patchify, final norm and head are unused."""
+    if "cls_token" not in state_dict or "pos_embed" not in state_dict:
+        raise ValueError("CLIP checkpoint: no 'cls_token' / 'pos_embed' (timm names)")
+    blocks = {
+        k: v
+        for k, v in state_dict.items()
+        if not k.startswith(_TIMM_CLIP_UNUSED) and k not in ("cls_token", "pos_embed")
+    }
+    return {
+        "class_embedding": state_dict["cls_token"].reshape(-1),
+        "position_embedding": state_dict["pos_embed"].reshape(
+            -1, state_dict["pos_embed"].shape[-1]
+        ),
+        **_renamed(blocks, _CLIP_FROM_TIMM, "timm CLIP checkpoint"),
+    }
+
+
+def sam_from_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A SAM checkpoint in transformers' or timm's names -> :class:`SamViTB` names."""
+    if any(k.startswith("vision_encoder.") for k in state_dict):
+        return sam_from_transformers(state_dict)
+    return sam_from_timm(state_dict)
+
+
+def clip_from_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CLIP checkpoint in transformers' or timm's names -> :class:`ClipOverFeatureMap` names."""
+    if "cls_token" in state_dict:
+        return clip_from_timm(state_dict)
+    return clip_from_transformers(state_dict)
