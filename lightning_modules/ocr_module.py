@@ -46,7 +46,9 @@ class OCRLightningModule(L.LightningModule):
     get no gradient and no optimizer state. ``aux_loss_weight`` multiplies the decoder's
     balance loss (already weighted by its ``aux_loss_alpha``). The learning rate warms up
     linearly for ``warmup_steps`` and then follows a cosine from ``lr`` to ``min_lr`` over the
-    trainer's estimated optimizer steps. Validation generates greedily for the first
+    trainer's estimated optimizer steps; the encoder trains at ``encoder_lr_scale`` times that
+    rate (from scratch, a full-rate encoder can drift faster than the decoder learns to read
+    it). Validation generates greedily for the first
     ``val_generate_pages`` pages (whole batches, up to ``val_max_new_tokens`` tokens each) and
     scores text and reading-order edit distances against the batch's answers.
     """
@@ -57,6 +59,7 @@ class OCRLightningModule(L.LightningModule):
         lr: float = 1e-4,
         min_lr: float = 1e-6,
         weight_decay: float = 0.0,
+        encoder_lr_scale: float = 1.0,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 0,
         aux_loss_weight: float = 1.0,
@@ -72,6 +75,7 @@ class OCRLightningModule(L.LightningModule):
                 "lr": lr,
                 "min_lr": min_lr,
                 "weight_decay": weight_decay,
+                "encoder_lr_scale": encoder_lr_scale,
                 "betas": tuple(betas),
                 "warmup_steps": warmup_steps,
                 "aux_loss_weight": aux_loss_weight,
@@ -193,8 +197,11 @@ class OCRLightningModule(L.LightningModule):
                 f"the cosine schedule needs a finite number of optimizer steps, got {total}; "
                 "set trainer.max_steps or trainer.max_epochs"
             )
+        groups = parameter_groups(self.model, hp.weight_decay, hp.encoder_lr_scale)
         optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas)
+            [{**group, "lr": hp.lr * group["lr_scale"]} for group in groups],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
         )
         scheduler = warmup_cosine(optimizer, hp.warmup_steps, int(total), hp.min_lr / hp.lr)
         return {

@@ -37,26 +37,39 @@ def no_decay(module_name: str, module: nn.Module, param_name: str, param: nn.Par
     )
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters split into a decayed and a non-decayed AdamW group.
+def parameter_groups(
+    model: nn.Module, weight_decay: float, encoder_lr_scale: float = 1.0
+) -> list[dict]:
+    """Trainable parameters split into decayed and non-decayed AdamW groups, and with
+    ``encoder_lr_scale != 1`` the encoder's parameters into groups of their own.
 
-    Each group also carries the parameter names (``names``) so that tests and logs can say
-    which tensor went where; a tied parameter counts once, under its first owner.
+    Each group carries ``lr_scale`` (the multiple of the run's learning rate it trains at) and
+    the parameter names (``names``) so that tests and logs can say which tensor went where; a
+    tied parameter counts once, under its first owner. Empty groups are left out.
     """
-    groups = {
-        True: {"params": [], "names": [], "weight_decay": 0.0},
-        False: {"params": [], "names": [], "weight_decay": weight_decay},
-    }
+    if encoder_lr_scale <= 0:
+        raise ValueError(f"encoder_lr_scale must be > 0, got {encoder_lr_scale}")
+    groups: dict[tuple[bool, bool], dict] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
+        in_encoder = encoder_lr_scale != 1.0 and module_name.split(".")[0] == "encoder"
         for param_name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            group = groups[no_decay(module_name, module, param_name, param)]
+            plain = no_decay(module_name, module, param_name, param)
+            group = groups.setdefault(
+                (in_encoder, plain),
+                {
+                    "params": [],
+                    "names": [],
+                    "weight_decay": 0.0 if plain else weight_decay,
+                    "lr_scale": encoder_lr_scale if in_encoder else 1.0,
+                },
+            )
             group["params"].append(param)
             group["names"].append(f"{module_name}.{param_name}" if module_name else param_name)
-    return [groups[False], groups[True]]
+    return [groups[key] for key in sorted(groups)]
 
 
 def warmup_cosine(

@@ -46,6 +46,14 @@ def test_every_experiment_builds_tiny(experiment):
     tiny_forward(compose_train([f"experiment={experiment}"]))
 
 
+@pytest.mark.parametrize("encoder", ["causal_flow", "deepencoder"])
+def test_the_reading_order_demonstration_builds_both_encoders_small(encoder):
+    cfg = compose_train(["experiment=synth_reading_order", f"encoder={encoder}"])
+    assert cfg.data.page_size == 512 and cfg.module.encoder_lr_scale == 0.1
+    assert cfg.encoder.tokenizer.width == 64 and cfg.data.style.table_prob == 0
+    tiny_forward(cfg)
+
+
 @pytest.mark.parametrize("stage", config_options("stage"))
 def test_every_stage_composes(stage):
     cfg = compose_train([f"stage={stage}"])

@@ -128,3 +128,15 @@ def test_v2_encoder_pretraining_sees_both_view_sizes():
     mode = make_module(cfg).model.image_mode
     assert images.global_views.shape[-1] == mode.global_size
     assert images.local_views is not None and images.local_views.shape[-1] == mode.local_size
+
+
+def test_the_encoder_can_train_at_a_scaled_learning_rate():
+    module = make_module(compose_train(["module.encoder_lr_scale=0.1"]))
+    groups = parameter_groups(module.model, 0.1, encoder_lr_scale=0.1)
+    scale_of = {name: g["lr_scale"] for g in groups for name in g["names"]}
+    assert scale_of.keys() == {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert all((scale == 0.1) == name.startswith("encoder.") for name, scale in scale_of.items())
+    assert {g["weight_decay"] for g in groups if g["lr_scale"] == 0.1} == {0.0, 0.1}
+    assert module.hparams.encoder_lr_scale == 0.1
+    with pytest.raises(ValueError, match="encoder_lr_scale must be > 0"):
+        parameter_groups(module.model, 0.1, encoder_lr_scale=0)
