@@ -1,7 +1,7 @@
 """Suite ``train``: one training step's forward and backward (next-token loss over the answer
 tokens of a one-page prompt) at the tiny size and at the medium size (real widths, reduced
-depth). The zoo's loss adds its MoE balance loss, as its training does; transformers' loss has
-none (a few hundred FLOPs)."""
+depth), each side as it trains: the zoo runs its LM head on the labelled positions only and adds
+its MoE balance loss (a few hundred FLOPs); transformers computes every position's logits."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def step_calls(ctx: BenchContext, size: str) -> dict[str, Any]:
 
     def zoo() -> None:
         model.zero_grad(set_to_none=True)
-        out = model(ids, images, attention_mask=mask, labels=labels)
+        # as OCRLightningModule trains: the LM head only where a label is predicted
+        out = model(ids, images, attention_mask=mask, labels=labels, logits="labelled")
         loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
         loss.backward()
 
