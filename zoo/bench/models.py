@@ -19,11 +19,10 @@ from torch import nn
 from transformers import DeepseekOcr2ForConditionalGeneration
 
 from zoo.build import build_model
+from zoo.convert.official_checkpoint import RELEASE_IMAGE_TOKEN_ID
 from zoo.convert.transformers_checkpoint import transformers_config, transformers_state_dict
 from zoo.model import OCRModel
 from zoo.preprocessing import ImageBatch
-
-IMAGE_TOKEN_ID = 128815  # the release's <image> id; tiny vocabularies use their last id
 
 TINY_SAM: dict[str, Any] = {
     "name": "sam_vitb",
@@ -93,7 +92,8 @@ class ModelSize:
 
 def image_token_id(size: ModelSize) -> int:
     vocab = size.decoder.get("vocab_size", 129280)
-    return IMAGE_TOKEN_ID if IMAGE_TOKEN_ID < vocab else vocab - 1
+    # the release's <image> id; tiny vocabularies use their last id
+    return RELEASE_IMAGE_TOKEN_ID if RELEASE_IMAGE_TOKEN_ID < vocab else vocab - 1
 
 
 @torch.no_grad()
