@@ -413,3 +413,13 @@ def test_the_folder_tokenizer_is_used_and_travels_with_a_resave(tmp_path):
     zoo.from_pretrained(released).save_pretrained(resaved)
     assert (resaved / "tokenizer.json").is_file()
     assert zoo.load_processor(resaved).tokenizer.image_id == 299
+
+
+def test_a_checkpoint_loads_and_generates_in_bfloat16(tmp_path):
+    model = build_zoo_model(ModelSize("tiny", TINY_ENCODER, TINY_DECODER))
+    model.save_pretrained(tmp_path, layout="official")
+    loaded = zoo.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    images = loaded.preprocess(random_pages(PAGES["crops"]))
+    ids, mask = prompts(loaded, images, [4])
+    assert loaded.generate(ids, images, mask, max_new_tokens=3).shape == (1, 3)

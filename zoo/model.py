@@ -90,6 +90,8 @@ class OCRModel(nn.Module):
 
     def encode(self, images: ImageBatch) -> list[torch.Tensor]:
         """Per image, the ``[T_i, hidden]`` embeddings that replace its placeholder tokens."""
+        # pixels in the model's precision (a model loaded in bfloat16 gets float32 views)
+        images = images.to(dtype=self.view_separator.dtype)
         global_tokens = self.projector(self.encoder(images.global_views))
         local_tokens = None
         if images.local_views is not None and images.local_views.shape[0] > 0:
