@@ -4,6 +4,8 @@ names of the same weights load to the same tensors."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -130,8 +132,6 @@ TIMM_SAM_FROM_TRANSFORMERS = (
 
 
 def timm_sam_state(reference: nn.Module) -> dict[str, torch.Tensor]:
-    import re
-
     out = {}
     for key, tensor in reference.state_dict().items():
         for pattern, replacement in TIMM_SAM_FROM_TRANSFORMERS:

@@ -141,15 +141,15 @@ def _read_part(entry: Mapping[str, Any], keys: tuple[tuple[str, str], ...]) -> d
 
 
 def _write_part(kwargs: Mapping[str, Any], keys: tuple[tuple[str, str], ...]) -> dict[str, Any]:
-    return {official: _plain(kwargs[zoo]) for official, zoo in keys if zoo in kwargs}
+    return {official: json_ready(kwargs[zoo]) for official, zoo in keys if zoo in kwargs}
 
 
-def _plain(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """JSON-ready: tuples as lists, mapping keys as strings."""
     if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     return value
 
 
@@ -265,7 +265,7 @@ def official_config(build: Mapping[str, Any], image_token_id: int) -> dict[str, 
     }
     image_mode = (build.get("model") or {}).get("image_mode")
     if image_mode not in (None, DEFAULT_IMAGE_MODE[encoder["name"]]):
-        config["zoo_image_mode"] = _plain(image_mode)
+        config["zoo_image_mode"] = json_ready(image_mode)
     return config
 
 
@@ -277,11 +277,11 @@ def language_config(decoder: Mapping[str, Any]) -> dict[str, Any]:
     use_mla = kwargs.pop("attention") == "mla"
     sequence_level = kwargs.pop("aux_loss_level") == "sequence"
     return {
-        **_plain(kwargs),
+        **json_ready(kwargs),
         "num_key_value_heads": kwargs["num_attention_heads"],
         "seq_aux": sequence_level,
         "use_mla": use_mla,
-        **_plain(mla),
+        **json_ready(mla),
     }
 
 

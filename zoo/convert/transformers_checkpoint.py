@@ -27,6 +27,7 @@ from zoo.convert.official_checkpoint import (
     RELEASE_IMAGE_TOKEN_ID,
     ReleasedLayoutError,
     check_release_options,
+    json_ready,
     resolved_kwargs,
     sam_kwargs,
 )
@@ -164,7 +165,7 @@ def transformers_config(build: Mapping[str, Any], image_token_id: int) -> Deepse
             "max_position_embeddings": 8192,
         },
         vision_config={
-            "sam_config": {key: _listed(sam[zoo]) for key, zoo in SAM_KEYS},
+            "sam_config": {key: json_ready(sam[zoo]) for key, zoo in SAM_KEYS},
             "encoder_config": {
                 **{key: lm[zoo] for key, zoo in ENCODER_KEYS},
                 "rope_parameters": {"rope_type": "default", "rope_theta": float(lm["rope_theta"])},
@@ -181,10 +182,6 @@ def transformers_config(build: Mapping[str, Any], image_token_id: int) -> Deepse
     ):
         sub._attn_implementation = "sdpa"
     return config
-
-
-def _listed(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
 
 
 def transformers_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
