@@ -15,6 +15,7 @@ from torch import nn
 from decoders.attention import Rope, build_attention, build_attention_mask
 from decoders.base import DecoderOutput, LanguageDecoder
 from decoders.kv_cache import KVCache, LayerCache
+from decoders.lm_head import ColumnMajorLMHead
 from decoders.moe import MoEFeedForward
 from zoo.layers import RMSNorm, RotaryEmbedding
 
@@ -115,7 +116,12 @@ class TransformerDecoder(LanguageDecoder):
             for feed_forward in feed_forwards
         )
         self.norm = RMSNorm(hidden_size, rms_norm_eps)
-        self.lm_head = nn.Linear(hidden_size, vocab_size, bias=False)
+        # a tied head shares the embedding's row-major table
+        self.lm_head = (
+            nn.Linear(hidden_size, vocab_size, bias=False)
+            if tie_word_embeddings
+            else ColumnMajorLMHead(hidden_size, vocab_size)
+        )
         self.rotary = RotaryEmbedding(self.layers[0].self_attn.rope_dim, rope_theta)
         for parameter in self.parameters():
             if parameter.dim() >= 2:

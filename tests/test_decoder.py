@@ -400,6 +400,42 @@ def test_decoder_trains_through_grouped_experts():
     assert all(torch.isfinite(p.grad).all() for p in decoder.parameters() if p.grad is not None)
 
 
+# --- the column-major LM head ------------------------------------------------------------------
+
+
+def column_major(weight: torch.Tensor) -> bool:
+    return weight.t().is_contiguous() and not weight.is_contiguous()
+
+
+def test_lm_head_is_column_major_and_computes_what_a_linear_does():
+    head = DeepseekMoEDecoder(**TINY).lm_head
+    assert tuple(head.weight.shape) == (97, 64) and column_major(head.weight)
+    hidden = torch.randn(3, 64)
+    torch.testing.assert_close(head(hidden), hidden @ head.weight.detach().contiguous().t())
+
+
+def test_lm_head_keeps_its_layout_through_loading_casting_and_training():
+    decoder = DeepseekMoEDecoder(**TINY)
+    state = {k: v.contiguous() for k, v in DeepseekMoEDecoder(**TINY).state_dict().items()}
+    for assign in (False, True):
+        decoder.load_state_dict(state, assign=assign)
+        assert column_major(decoder.lm_head.weight)
+        torch.testing.assert_close(decoder.lm_head.weight, state["lm_head.weight"])
+    assert column_major(decoder.to(torch.bfloat16).lm_head.weight)
+    decoder.float()
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=1e-2)
+    decoder(decoder.embed(torch.randint(0, 97, (2, 5)))).logits.sum().backward()
+    before = decoder.lm_head.weight.detach().clone()
+    optimizer.step()
+    assert column_major(decoder.lm_head.weight)
+    assert not torch.equal(before, decoder.lm_head.weight)
+
+
+def test_a_tied_lm_head_is_the_embedding_table():
+    decoder = tiny_dense()
+    assert decoder.lm_head.weight is decoder.embed_tokens.weight
+
+
 # --- auxiliary balance loss --------------------------------------------------------------------
 
 

@@ -138,6 +138,8 @@ def test_official_layout_round_trips_bit_exactly(tmp_path, encoder):
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert loaded.image_mode == model.image_mode
+    # assign-loading keeps the LM head's fast decoding layout
+    assert loaded.decoder.lm_head.weight.t().is_contiguous()
 
 
 @pytest.mark.parametrize(
