@@ -43,13 +43,14 @@ _FONT_FILES = {
 }
 LAYOUT_NAMES = {1: "single_column", 2: "double_column", 3: "three_column"}
 LINE_SPACING = 1.3
-MIN_COLUMN_LINES = 6  # a column is at least this many line heights wide
 
 
 @dataclass(frozen=True)
 class LayoutStyle:
     """How dense and varied pages are. ``lines_per_column`` body lines fill a column's height,
-    which sets the font size; the probabilities pick the page furniture and the block kinds.
+    which sets the font size; a column or side bar is at least ``min_column_lines`` line heights
+    wide (lower it for two columns of large type); the probabilities pick the page furniture and
+    the block kinds.
 
     The defaults give sparse pages (a few short blocks, about 130 characters of markdown) that
     tiny models learn on a CPU; :data:`DENSE_STYLE` gives full pages.
@@ -57,6 +58,7 @@ class LayoutStyle:
 
     max_columns: int = 2
     lines_per_column: int = 12
+    min_column_lines: int = 6
     max_blocks_per_column: int = 2
     paragraph_words: tuple[int, int] = (3, 12)
     header_prob: float = 0.3
@@ -71,10 +73,11 @@ class LayoutStyle:
     def __post_init__(self) -> None:
         if not 1 <= self.max_columns <= 3:
             raise ValueError(f"max_columns must be 1, 2 or 3, got {self.max_columns}")
-        if self.lines_per_column < 2 or self.max_blocks_per_column < 1:
+        if self.lines_per_column < 2 or self.min_column_lines < 1 or self.max_blocks_per_column < 1:
             raise ValueError(
-                f"lines_per_column must be >= 2 and max_blocks_per_column >= 1, got "
-                f"{self.lines_per_column} and {self.max_blocks_per_column}"
+                "lines_per_column must be >= 2, min_column_lines and max_blocks_per_column >= 1, "
+                f"got {self.lines_per_column}, {self.min_column_lines} and "
+                f"{self.max_blocks_per_column}"
             )
         low, high = self.paragraph_words
         if not 1 <= low <= high:
@@ -439,14 +442,14 @@ class _Planner:
             top += (used or 0) + self.gap * 2
         main_left, main_right, side = left, right, None
         side_width = (right - left) * rng.uniform(0.22, 0.3)
-        if rng.random() < style.sidebar_prob and side_width > self.body.line_height * 6:
+        narrowest = self.body.line_height * style.min_column_lines
+        if rng.random() < style.sidebar_prob and side_width > narrowest:
             if rng.random() < 0.5:
                 side, main_left = (left, left + side_width), left + side_width + self.gap * 2
             else:
                 side, main_right = (right - side_width, right), right - side_width - self.gap * 2
         gutter = self.gap * 2
-        min_width = self.body.line_height * MIN_COLUMN_LINES + gutter
-        widest = int((main_right - main_left + gutter) // min_width)
+        widest = int((main_right - main_left + gutter) // (narrowest + gutter))
         n_columns = rng.randint(1, max(1, min(style.max_columns, widest)))
         column_width = (main_right - main_left - gutter * (n_columns - 1)) / n_columns
         for k in range(n_columns):

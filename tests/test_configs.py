@@ -54,6 +54,15 @@ def test_the_reading_order_demonstration_builds_both_encoders_small(encoder):
     tiny_forward(cfg)
 
 
+def test_the_reading_order_demonstration_pages_are_not_read_in_raster_order():
+    """Its large type still leaves room for two columns."""
+    from lightning_modules.synthetic_pages import plan_page
+
+    cfg = compose_train(["experiment=synth_reading_order"])
+    pages = [plan_page(0, i, cfg.data.page_size, **cfg.data.style) for i in range(60)]
+    assert sum(page.attributes["layout"] == "double_column" for page in pages) > len(pages) / 4
+
+
 @pytest.mark.parametrize("stage", config_options("stage"))
 def test_every_stage_composes(stage):
     cfg = compose_train([f"stage={stage}"])

@@ -123,6 +123,8 @@ def test_markdown_in_raster_order_is_penalised() -> None:
 def test_bad_style_is_named() -> None:
     with pytest.raises(ValueError, match="max_columns"):
         LayoutStyle(max_columns=4)
+    with pytest.raises(ValueError, match="min_column_lines"):
+        LayoutStyle(min_column_lines=0)
     with pytest.raises(TypeError):
         plan_page(0, 0, no_such_option=1)
     with pytest.raises(ValueError, match="page_size"):
