@@ -104,3 +104,16 @@ def test_the_three_page_mask_builders_of_the_masks_suite_agree():
     ):
         assert torch.equal((zoo == 0).expand_as(reference), reference)
         assert torch.equal(loop == 0, reference)
+
+
+def test_the_transformers_twin_shares_weights_but_keeps_its_own_lm_head_layout():
+    """Each side decodes with its own memory layout: the zoo's column-major head, transformers'
+    contiguous one (as its loading stores it), with equal values."""
+    from zoo.bench.context import BenchContext
+
+    model, twin = BenchContext(tiny=True).pair("tiny")
+    assert model.decoder.lm_head.weight.t().is_contiguous()
+    assert twin.lm_head.weight.is_contiguous()
+    assert torch.equal(twin.lm_head.weight, model.decoder.lm_head.weight)
+    norm = model.decoder.norm.weight
+    assert twin.model.language_model.norm.weight.data_ptr() == norm.data_ptr()

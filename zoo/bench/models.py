@@ -128,12 +128,15 @@ def build_zoo_model(size: ModelSize, seed: int = 0) -> OCRModel:
 
 def transformers_twin(model: OCRModel) -> DeepseekOcr2ForConditionalGeneration:
     """transformers' DeepSeek-OCR 2 holding the zoo ``model``'s weights (shared, not copied,
-    except the transposed expert stacks), in eval mode."""
+    except the transposed expert stacks), in eval mode. A tensor the zoo keeps in another memory
+    layout (the column-major LM head) is given to transformers contiguous, as its own loading
+    would store it, so that each side runs with its own layout."""
     with torch.device("meta"):
         twin = DeepseekOcr2ForConditionalGeneration(
             transformers_config(model.build_config, model.image_token_id)
         )
-    twin.load_state_dict(transformers_state_dict(model), strict=True, assign=True)
+    tensors = {name: t.contiguous() for name, t in transformers_state_dict(model).items()}
+    twin.load_state_dict(tensors, strict=True, assign=True)
     # Non-persistent rotary tables are not in any state dict; take the zoo's (same formula).
     vision_rotary = twin.model.vision_tower.vision_encoder.rotary_emb
     text_rotary = twin.model.language_model.rotary_emb
