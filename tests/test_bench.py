@@ -18,7 +18,7 @@ from zoo.bench.context import comparison, meets
 from zoo.bench.measure import Stats, peak_tensor_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE_SUITES = ["decode", "moe", "masks", "machine"]
+SMOKE_SUITES = ["decode", "moe", "masks", "ablations", "machine"]
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +117,18 @@ def test_the_transformers_twin_shares_weights_but_keeps_its_own_lm_head_layout()
     assert torch.equal(twin.lm_head.weight, model.decoder.lm_head.weight)
     norm = model.decoder.norm.weight
     assert twin.model.language_model.norm.weight.data_ptr() == norm.data_ptr()
+
+
+def test_the_ablations_suite_leaves_the_shared_decoder_as_it_found_it():
+    """Later suites reuse the model: its own head, eval mode and no gradients afterwards."""
+    from zoo.bench import ablations
+    from zoo.bench.context import BenchContext
+
+    ctx = BenchContext(tiny=True, repeats=1, warmup=0)
+    model, _ = ctx.pair("main")
+    head = model.decoder.lm_head
+    rows = ablations.run(ctx)["rows"]
+    assert [row["ratio"] is not None for row in rows] == [True, True]
+    assert model.decoder.lm_head is head and head.weight.t().is_contiguous()
+    assert not model.decoder.training
+    assert all(p.grad is None for p in model.decoder.parameters())

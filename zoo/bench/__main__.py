@@ -1,8 +1,9 @@
 """``python -m zoo.bench [SUITE ...]``: time the zoo against transformers' DeepSeek-OCR 2 on the
 same random weights, side by side in one process, and against this machine's limits.
 
-Suites: vision, prefill, decode, train, eval, moe, masks, machine (default: all, in that order;
-``machine`` reads ``vision`` and ``decode`` of the same run). Each figure is the median of
+Suites: vision, prefill, decode, train, eval, moe, masks, ablations, machine (default: all, in
+that order; ``machine`` reads ``vision`` and ``decode`` of the same run; ``ablations`` times the
+zoo against itself without one optimisation). Each figure is the median of
 ``--repeats`` runs after ``--warmup`` untimed ones, with min and max. Ratios are zoo /
 transformers of the medians (lower is faster for times and memory; throughputs say higher is
 better). Results go to ``--output`` as JSON and to stdout as a table.
@@ -29,7 +30,7 @@ import transformers
 from zoo.bench.context import BenchContext
 from zoo.bench.measure import PEAK_MEMORY_METHOD, set_threads
 
-SUITES = ("vision", "prefill", "decode", "train", "eval", "moe", "masks", "machine")
+SUITES = ("vision", "prefill", "decode", "train", "eval", "moe", "masks", "ablations", "machine")
 MODULES = {"eval": "evaluation"}
 
 
