@@ -20,7 +20,8 @@ from torch import nn
 
 from decoders import generate
 from zoo.bench.context import BenchContext, comparison
-from zoo.bench.measure import Stats, sample_interleaved, time_interleaved
+from zoo.bench.decode import seconds_per_token
+from zoo.bench.measure import sample_interleaved, time_interleaved
 from zoo.bench.prefill import PROMPT_TOKENS
 
 ANSWER_TOKENS = 64
@@ -58,14 +59,8 @@ def decode_row(ctx: BenchContext, decoder: nn.Module, prompt: int) -> dict[str, 
     with torch.no_grad():
         samples = sample_interleaved(calls, ctx.repeats, ctx.warmup)
     per_token = {
-        layout: Stats.of(
-            [
-                (n - one) / new_tokens
-                for n, one in zip(
-                    samples[f"{layout} {new_tokens + 1}"], samples[f"{layout} 1"], strict=True
-                )
-            ],
-            "s/token",
+        layout: seconds_per_token(
+            samples[f"{layout} {new_tokens + 1}"], samples[f"{layout} 1"], new_tokens
         )
         for layout in heads
     }

@@ -29,6 +29,14 @@ def bytes_per_token(decoder: torch.nn.Module, context: float) -> float:
     return active * element + decoder.hidden_size * element + kv
 
 
+def seconds_per_token(many: list[float], one: list[float], new_tokens: int) -> Stats:
+    """Per new token, from paired timings of ``new_tokens + 1`` and of 1 generated token (the
+    prefill and the first token cancel out round by round)."""
+    return Stats.of(
+        [(n - first) / new_tokens for n, first in zip(many, one, strict=True)], "s/token"
+    )
+
+
 def run(ctx: BenchContext) -> dict[str, Any]:
     model, twin = ctx.pair("main")
     new_tokens = 4 if ctx.tiny else 32
@@ -62,13 +70,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             "transformers": peak_tensor_bytes(lambda: transformers(new_tokens + 1)),
         }
     per_token = {
-        side: Stats.of(
-            [
-                (n - one) / new_tokens
-                for n, one in zip(samples[f"{side} n"], samples[f"{side} 1"], strict=True)
-            ],
-            "s/token",
-        )
+        side: seconds_per_token(samples[f"{side} n"], samples[f"{side} 1"], new_tokens)
         for side in ("zoo", "transformers")
     }
     context = PROMPT_TOKENS + new_tokens / 2
