@@ -1,8 +1,9 @@
 """Autoregressive generation for any :class:`LanguageDecoder`, starting from prompt embeddings.
 
 The caller has already written image embeddings into the prompt, so generation starts from
-``inputs_embeds`` and a ``[B, T]`` attention mask (prompts left-padded in a batch). One prefill
-forward fills the decoder's KV cache, then each step feeds one token per row. The logits
+``inputs_embeds`` and a ``[B, T]`` attention mask (prompts left-padded in a batch). The prefill
+fills the decoder's KV cache (for the zoo's own decoders, one unpadded forward per distinct
+prompt length, see :func:`prefill`), then each step feeds one token per row. The logits
 processing follows transformers' definitions: ``no_repeat_ngram_size`` bans, then (sampling only)
 temperature, top-k and top-p, in that order.
 """
@@ -14,7 +15,9 @@ from collections.abc import Sequence
 
 import torch
 
-from decoders.base import LanguageDecoder
+from decoders.base import DecoderOutput, LanguageDecoder
+from decoders.kv_cache import KVCache
+from decoders.transformer import TransformerDecoder
 
 
 def ban_repeated_ngrams(
@@ -57,6 +60,46 @@ def warp_for_sampling(
 
 def _accepts_logits_to_keep(decoder: LanguageDecoder) -> bool:
     return "logits_to_keep" in inspect.signature(decoder.forward).parameters
+
+
+def is_left_padded(mask: torch.Tensor) -> bool:
+    """Whether every row of a ``[B, T]`` padding mask is zeros then ones."""
+    lengths = mask.sum(dim=1, keepdim=True)
+    columns = torch.arange(mask.shape[1], device=mask.device)
+    return bool((mask.bool() == (columns >= mask.shape[1] - lengths)).all())
+
+
+def prefill(
+    decoder: LanguageDecoder, inputs_embeds: torch.Tensor, mask: torch.Tensor
+) -> DecoderOutput:
+    """The prompt forward that fills the cache: the last position's logits and the cache.
+
+    A :class:`TransformerDecoder` given a left-padded batch of prompts of different lengths runs
+    one unpadded forward per distinct length (rows of one length share their matmuls) and merges
+    the caches left-padded (:meth:`KVCache.left_padded`). Padding would otherwise cost attention
+    and projections on positions no one reads: the ``eval`` bench's 8 mixed pages are 19%
+    padding. Any other decoder, or any other mask, gets one forward over the padded batch.
+    """
+    batch, width = mask.shape
+    lengths = mask.sum(dim=1)
+    extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(decoder) else {}
+    split = (
+        isinstance(decoder, TransformerDecoder)
+        and bool(lengths.min() > 0)
+        and bool(lengths.min() < width)
+        and is_left_padded(mask)
+    )
+    if not split:
+        return decoder(inputs_embeds, attention_mask=mask, use_cache=True, **extra)
+    logits, parts = None, []
+    for length in lengths.unique().tolist():
+        rows = (lengths == length).nonzero()[:, 0]
+        out = decoder(inputs_embeds[rows, width - length :], use_cache=True, logits_to_keep=1)
+        if logits is None:
+            logits = out.logits.new_empty(batch, *out.logits.shape[1:])
+        logits[rows] = out.logits
+        parts.append((out.past_key_values, rows))
+    return DecoderOutput(logits, KVCache.left_padded(parts, batch))
 
 
 @torch.no_grad()
@@ -115,7 +158,7 @@ def generate(
         history, history_valid = prompt_ids.long(), mask.bool()
 
     extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(decoder) else {}
-    out = decoder(inputs_embeds, attention_mask=mask, use_cache=True, **extra)
+    out = prefill(decoder, inputs_embeds, mask)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     new_tokens: list[torch.Tensor] = []
     for step in range(max_new_tokens):

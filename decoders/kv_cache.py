@@ -10,6 +10,8 @@ cached positions and 20-25% at 3k positions or batch 4).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -19,6 +21,33 @@ class KVCache:
     def __init__(self, num_layers: int) -> None:
         self._buffers: list[tuple[torch.Tensor, ...] | None] = [None] * num_layers
         self._lengths = [0] * num_layers
+
+    @classmethod
+    def left_padded(cls, parts: Sequence[tuple[KVCache, torch.Tensor]], batch: int) -> KVCache:
+        """One cache for a batch of ``batch`` rows, made of the caches of groups of its rows.
+
+        ``parts`` pairs each group's cache with the indices of its rows in the batch. Every
+        row's positions end at the last column, zero-padded on the left to the longest group,
+        as a left-padded prompt batch would have cached them (padding is masked out anyway).
+        """
+        num_layers = len(parts[0][0]._buffers)
+        if any(len(part._buffers) != num_layers for part, _ in parts):
+            raise ValueError("the caches to merge have different numbers of layers")
+        length = max(part.seq_len for part, _ in parts)
+        merged = cls(num_layers)
+        for index in range(num_layers):
+            merged._buffers[index] = tuple(
+                tensor.new_zeros(batch, *tensor.shape[1:-2], length, tensor.shape[-1])
+                for tensor in parts[0][0]._buffers[index]
+            )
+            merged._lengths[index] = length
+            for part, rows in parts:
+                cached = part._lengths[index]
+                for target, source in zip(
+                    merged._buffers[index], part._buffers[index], strict=True
+                ):
+                    target[rows, ..., length - cached :, :] = source[..., :cached, :]
+        return merged
 
     @property
     def seq_len(self) -> int:

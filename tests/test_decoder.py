@@ -527,3 +527,31 @@ def test_kv_cache_grows_without_losing_positions():
     torch.testing.assert_close(keys, torch.cat(pieces, dim=2))
     with pytest.raises(ValueError, match="cannot append"):
         cache.append(0, torch.randn(1, 3, 1, 4))
+
+
+@pytest.mark.parametrize("shape", [(3, 4), ()], ids=["heads", "latent"])
+def test_kv_cache_merges_row_groups_left_padded(shape):
+    layers = 2
+    groups = {(0, 2): 5, (1,): 3}  # rows of the batch -> their cached length
+    parts, sources = [], {}
+    for rows, length in groups.items():
+        cache = KVCache(num_layers=layers)
+        for layer in range(layers):
+            tensor = torch.randn(len(rows), *shape[:1], length, *shape[1:] or (6,))
+            cache.append(layer, tensor, tensor + 1)
+            sources[rows, layer] = tensor
+        parts.append((cache, torch.tensor(rows)))
+    merged = KVCache.left_padded(parts, batch=3)
+    assert merged.seq_len == 5
+    for (rows, length), layer in [(g, i) for g in groups.items() for i in range(layers)]:
+        keys, values = merged._buffers[layer]
+        for position, row in enumerate(rows):
+            torch.testing.assert_close(
+                keys[row, ..., 5 - length :, :], sources[rows, layer][position]
+            )
+            torch.testing.assert_close(
+                values[row, ..., 5 - length :, :], keys[row, ..., 5 - length :, :] + 1
+            )
+            assert (keys[row, ..., : 5 - length, :] == 0).all()
+    with pytest.raises(ValueError, match="numbers of layers"):
+        KVCache.left_padded([parts[0], (KVCache(num_layers=1), torch.tensor([1]))], batch=3)

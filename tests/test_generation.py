@@ -12,7 +12,7 @@ from transformers.generation.logits_process import (
 )
 
 from decoders import DecoderOutput, LanguageDecoder, generate
-from decoders.generation import ban_repeated_ngrams, warp_for_sampling
+from decoders.generation import ban_repeated_ngrams, prefill, warp_for_sampling
 from tests.test_decoder import TINY_MLA, left_padded, tiny_dense, transformers_ocr2, zoo_copy
 
 
@@ -168,3 +168,52 @@ def test_generate_runs_any_language_decoder(attention):
     for row in range(3):
         real = mask[row].bool()
         assert torch.equal(zoo_generate(dense, ids[row : row + 1, real], None)[0], direct[row])
+
+
+def forward_inputs(decoder) -> list[tuple[tuple[int, ...], torch.Tensor | None]]:
+    """Records ``(inputs_embeds shape, attention_mask)`` of each forward of ``decoder``."""
+    seen = []
+
+    def record(module, args, kwargs) -> None:
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        seen.append((tuple(args[0].shape[:2]), mask))
+
+    decoder.register_forward_pre_hook(record, with_kwargs=True)
+    return seen
+
+
+@pytest.mark.parametrize("attention", ["mha", "mla"])
+def test_prefill_runs_each_prompt_length_unpadded_and_equals_the_padded_batch(attention):
+    decoder = tiny_dense(attention, TINY_MLA if attention == "mla" else None)
+    ids, mask = left_padded(batch=4)  # 0, 3, 6 and 9 padding tokens
+    mask[3] = mask[1]  # rows 1 and 3 share a length: one forward
+    embeds = decoder.embed(ids)
+    seen = forward_inputs(decoder)
+    with torch.no_grad():
+        split = prefill(decoder, embeds, mask)
+        padded = decoder(embeds, attention_mask=mask, use_cache=True)
+        assert sorted(seen[:3]) == [((1, 4), None), ((1, 10), None), ((2, 7), None)]
+        torch.testing.assert_close(split.logits[:, -1], padded.logits[:, -1], atol=1e-5, rtol=0)
+        # the merged cache serves the next step as the padded batch's cache does
+        step_mask = torch.cat((mask, mask.new_ones(4, 1)), dim=1)
+        step = embeds[:, -1:]
+        after_split = decoder(step, attention_mask=step_mask, past_key_values=split.past_key_values)
+        after_padded = decoder(
+            step, attention_mask=step_mask, past_key_values=padded.past_key_values
+        )
+    torch.testing.assert_close(after_split.logits, after_padded.logits, atol=1e-5, rtol=0)
+
+
+def test_prefill_keeps_one_padded_forward_when_rows_are_not_left_padded():
+    decoder = tiny_dense()
+    ids, mask = left_padded()
+    right_padded = mask.flip(1)
+    seen = forward_inputs(decoder)
+    with torch.no_grad():
+        prefill(decoder, decoder.embed(ids), right_padded)
+        prefill(WithoutLogitsToKeep(decoder), decoder.embed(ids), mask)
+    assert [shape for shape, _ in seen] == [(3, 10), (3, 10)]
+    assert all(
+        torch.equal(given, expected)
+        for (_, given), expected in zip(seen, (right_padded, mask), strict=True)
+    )

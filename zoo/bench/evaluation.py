@@ -2,9 +2,10 @@
 crops), each prompt = its image tokens + a short instruction, greedy generation of a fixed
 number of tokens per page (no early stop).
 
-The zoo generates the 8 pages as one left-padded batch (``OCRModel.generate``); transformers is
-measured both ways, one left-padded batch of the same inputs and page by page, and the target
-compares the zoo with transformers' faster way. Image preprocessing is left out of both (the
+The zoo generates the 8 pages as one batch (``OCRModel.generate``: an unpadded prefill per
+distinct prompt length, then batched decode steps); transformers is measured both ways, one
+left-padded batch of the same inputs and page by page, and the target compares the zoo with
+transformers' faster way. Image preprocessing is left out of both (the
 same preprocessed views go to both). Uses the ``eval`` size: a tiny encoder (the ``vision``
 suite times the real one) with the ``main`` decoder.
 """
