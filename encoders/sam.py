@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoders.base import VisionEncoder
+from encoders.relpos_attention import relpos_attention
 from zoo.registry import register_encoder
 
 
@@ -83,7 +84,8 @@ class SamAttention(nn.Module):
 
     ``rel_pos_h``/``rel_pos_w`` are learned for ``grid_size`` x ``grid_size``; the score of query
     ``(qh, qw)`` for key ``(kh, kw)`` gets ``q . Rh[qh - kh] + q . Rw[qw - kw]`` added (``q``
-    unscaled), passed to SDPA as an additive mask.
+    unscaled), passed to SDPA as an additive mask, or, when training on CPU, to
+    :func:`relpos_attention` as its two factors.
     """
 
     def __init__(self, width: int, num_heads: int, grid_size: int) -> None:
@@ -103,21 +105,27 @@ class SamAttention(nn.Module):
         count, height, width, channels = x.shape
         qkv = self.qkv(x).view(count, height * width, 3, self.num_heads, -1)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        bias = self._relative_position_bias(query, height, width)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        by_row, by_col = self.relative_position_factors(query, height, width)
+        if torch.is_grad_enabled() and x.device.type == "cpu":
+            # SDPA's only path with a gradient for the bias is its memory-hungry math path
+            out = relpos_attention(query, key, value, by_row, by_col)
+        else:
+            # no copy: contiguous factors keep the sum contiguous, so the flatten is a view
+            bias = (by_row[..., :, None] + by_col[..., None, :]).flatten(4).flatten(2, 3)
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(count, height, width, channels))
 
-    def _relative_position_bias(self, query: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Additive scores ``[N, heads, h*w, h*w]`` from unscaled queries ``[N, heads, h*w, D]``."""
+    def relative_position_factors(
+        self, query: torch.Tensor, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bias's row and column terms ``[N, heads, h, w, h]`` and ``[N, heads, h, w, w]``
+        from unscaled queries ``[N, heads, h*w, D]``, contiguous (einsum may permute strides)."""
         rows = relative_position_table(self.rel_pos_h, height)
         cols = relative_position_table(self.rel_pos_w, width)
         grid_query = query.unflatten(2, (height, width))
-        # einsum may return permuted strides; contiguous factors keep the big sum contiguous,
-        # so the flatten below stays a view instead of copying the [.., h*w, h*w] bias.
         by_row = torch.einsum("nhyxc,ykc->nhyxk", grid_query, rows).contiguous()
         by_col = torch.einsum("nhyxc,xkc->nhyxk", grid_query, cols).contiguous()
-        bias = by_row[..., :, None] + by_col[..., None, :]
-        return bias.flatten(4).flatten(2, 3)
+        return by_row, by_col
 
 
 class SamMLP(nn.Module):

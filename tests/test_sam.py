@@ -16,7 +16,14 @@ from transformers.models.deepseek_ocr2.configuration_deepseek_ocr2 import (
 )
 from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import DeepseekOcr2SamVisionEncoder
 
-from encoders.sam import SamViTB, merge_windows, partition_windows, resize_positions
+from encoders.sam import (
+    SamAttention,
+    SamViTB,
+    merge_windows,
+    partition_windows,
+    resize_positions,
+)
+from zoo.bench.measure import peak_tensor_bytes
 from zoo.convert.deepseek_ocr2_vision import TRANSFORMERS_FROM_SAM
 from zoo.convert.rules import rename_state_dict
 from zoo.registry import create_encoder
@@ -152,3 +159,59 @@ def test_rejects_bad_inputs():
         zoo(torch.zeros(3, 64, 64))
     with pytest.raises(ValueError, match="global_attn_indexes \\[5\\] are outside 0..1"):
         SamViTB(**{**TINY_SAM, "global_attn_indexes": (5,)})
+
+
+def test_training_gradients_match_transformers():
+    """In training on CPU the zoo's attention runs :func:`relpos_attention`; its gradients for
+    the pixels and every weight equal those of transformers' eager attention."""
+    zoo = SamViTB(**TINY_SAM).train()
+    randomize_(zoo)
+    oracle = transformers_sam(
+        zoo,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        global_attn_indexes=[1],
+        output_channels=16,
+        downsample_channels=[24, 32],
+    ).train()
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(1, 3, 512, 384, generator=generator)  # a padded, non-square grid
+    weights = torch.randn(1, 32, 8, 6, generator=generator)
+    grads = {}
+    for name, model in (("zoo", zoo), ("transformers", oracle)):
+        given = pixels.clone().requires_grad_()
+        out = model(given) if model is oracle else model.forward_features(given)
+        out = out.last_hidden_state if model is oracle else out
+        (out * weights).sum().backward()
+        params = {key: p.grad for key, p in model.named_parameters()}
+        grads[name] = (given.grad, params)
+    renamed, unmatched = rename_state_dict(grads["zoo"][1], TRANSFORMERS_FROM_SAM)
+    assert unmatched == []
+    torch.testing.assert_close(grads["zoo"][0], grads["transformers"][0], rtol=1e-4, atol=1e-5)
+    assert renamed.keys() == grads["transformers"][1].keys()
+    for key, expected in grads["transformers"][1].items():
+        torch.testing.assert_close(renamed[key], expected, rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_training_attention_keeps_about_two_score_buffers():
+    """A global block's forward + backward on CPU allocates about two ``heads x L x L`` score
+    buffers; SDPA given the same bias (its math path, the only one passing the bias a
+    gradient) takes over four."""
+    attention = SamAttention(32, 2, 32)
+    randomize_(attention)
+    x = torch.randn(1, 32, 32, 32, requires_grad=True)
+    score_bytes = 2 * (32 * 32) ** 2 * 4
+
+    def zoo_step() -> None:
+        attention(x).sum().backward()
+
+    def sdpa_step() -> None:
+        qkv = attention.qkv(x).view(1, 32 * 32, 3, 2, -1)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        by_row, by_col = attention.relative_position_factors(query, 32, 32)
+        bias = (by_row[..., :, None] + by_col[..., None, :]).flatten(4).flatten(2, 3)
+        F.scaled_dot_product_attention(query, key, value, attn_mask=bias).sum().backward()
+
+    assert peak_tensor_bytes(zoo_step) < 2.5 * score_bytes
+    assert peak_tensor_bytes(sdpa_step) > 4 * score_bytes

@@ -1,0 +1,77 @@
+"""Attention with SAM's decomposed relative-position bias, lean in memory for training on CPU.
+
+The bias of query ``(y, x)`` for key ``(ky, kx)`` is ``by_row[y, x, ky] + by_col[y, x, kx]``.
+SDPA passes a gradient to a float mask only through its math path, which keeps the bias, the
+scores and their softmax as separate ``[N, heads, L, L]`` tensors and allocates more of them in
+backward: 768 MiB each for SAM-B's 4096-token global blocks (12 heads). Here the bias is built
+in one buffer, the scaled scores are added into it and its softmax is taken in place, and that
+one buffer is all backward keeps; backward forms the softmax gradient in place too. The row and
+column factors get their gradients as sums of the score gradient, so the bias needs none.
+Fresh buffers of that size cost as much to fault in as to fill, hence the in-place steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class DecomposedRelPosAttention(torch.autograd.Function):
+    """``softmax(q k^T / sqrt(D) + bias) v`` for ``[N, heads, L, D]`` inputs, ``L = h * w``,
+    with ``by_row`` ``[N, heads, h, w, h]`` and ``by_col`` ``[N, heads, h, w, w]``."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        by_row: torch.Tensor,
+        by_col: torch.Tensor,
+    ) -> torch.Tensor:
+        count, heads, length, dim = query.shape
+        scale = dim**-0.5
+        query, key, value = (t.reshape(count * heads, length, dim) for t in (query, key, value))
+        probs = (by_row[..., :, None] + by_col[..., None, :]).view(count * heads, length, length)
+        probs.baddbmm_(query, key.transpose(1, 2), alpha=scale)
+        torch.ops.aten._softmax.out(probs, -1, False, out=probs)
+        out = torch.bmm(probs, value)
+        ctx.save_for_backward(query, key, value, probs, out)
+        ctx.scale = scale
+        ctx.factor_shapes = (by_row.shape, by_col.shape)
+        return out.view(count, heads, length, dim)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        query, key, value, probs, out = ctx.saved_tensors
+        row_shape, col_shape = ctx.factor_shapes
+        grad_out = grad_out.reshape(out.shape)
+        grad_value = torch.bmm(probs.transpose(1, 2), grad_out)
+        grad_scores = torch.bmm(grad_out, value.transpose(1, 2))
+        del value
+        # softmax backward, in place: P * (dP - sum_j P_ij dP_ij), the sum being dO_i . O_i
+        grad_scores.sub_((grad_out * out).sum(-1, keepdim=True)).mul_(probs)
+        del probs
+        grad_query = torch.bmm(grad_scores, key).mul_(ctx.scale)
+        grad_key = torch.bmm(grad_scores.transpose(1, 2), query).mul_(ctx.scale)
+        grid = grad_scores.view(*row_shape, col_shape[-1])
+        grad_by_row = grid.sum(-1) if ctx.needs_input_grad[3] else None
+        grad_by_col = grid.sum(-2) if ctx.needs_input_grad[4] else None
+        shape = (*row_shape[:2], -1, query.shape[-1])
+        return (
+            grad_query.view(shape),
+            grad_key.view(shape),
+            grad_value.view(shape),
+            grad_by_row,
+            grad_by_col,
+        )
+
+
+def relpos_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    by_row: torch.Tensor,
+    by_col: torch.Tensor,
+) -> torch.Tensor:
+    """Attention of ``[N, heads, h*w, D]`` queries with the decomposed bias (module doc)."""
+    return DecomposedRelPosAttention.apply(query, key, value, by_row, by_col)
