@@ -64,14 +64,3 @@ class DecomposedRelPosAttention(torch.autograd.Function):
             grad_by_row,
             grad_by_col,
         )
-
-
-def relpos_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    by_row: torch.Tensor,
-    by_col: torch.Tensor,
-) -> torch.Tensor:
-    """Attention of ``[N, heads, h*w, D]`` queries with the decomposed bias (module doc)."""
-    return DecomposedRelPosAttention.apply(query, key, value, by_row, by_col)

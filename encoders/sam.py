@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoders.base import VisionEncoder
-from encoders.relpos_attention import relpos_attention
+from encoders.relpos_attention import DecomposedRelPosAttention
 from zoo.registry import register_encoder
 
 
@@ -85,7 +85,7 @@ class SamAttention(nn.Module):
     ``rel_pos_h``/``rel_pos_w`` are learned for ``grid_size`` x ``grid_size``; the score of query
     ``(qh, qw)`` for key ``(kh, kw)`` gets ``q . Rh[qh - kh] + q . Rw[qw - kw]`` added (``q``
     unscaled), passed to SDPA as an additive mask, or, when training on CPU, to
-    :func:`relpos_attention` as its two factors.
+    :class:`DecomposedRelPosAttention` as its two factors.
     """
 
     def __init__(self, width: int, num_heads: int, grid_size: int) -> None:
@@ -108,7 +108,7 @@ class SamAttention(nn.Module):
         by_row, by_col = self.relative_position_factors(query, height, width)
         if torch.is_grad_enabled() and x.device.type == "cpu":
             # SDPA's only path with a gradient for the bias is its memory-hungry math path
-            out = relpos_attention(query, key, value, by_row, by_col)
+            out = DecomposedRelPosAttention.apply(query, key, value, by_row, by_col)
         else:
             # no copy: contiguous factors keep the sum contiguous, so the flatten is a view
             bias = (by_row[..., :, None] + by_col[..., None, :]).flatten(4).flatten(2, 3)

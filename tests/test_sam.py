@@ -38,6 +38,16 @@ TINY_SAM = {
     "downsample_channels": (24, 32),
 }
 
+# The same model in transformers' configuration names.
+TINY_SAM_ORACLE = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "global_attn_indexes": [1],
+    "output_channels": 16,
+    "downsample_channels": [24, 32],
+}
+
 
 @torch.no_grad()
 def randomize_(module: nn.Module, seed: int = 0) -> None:
@@ -69,15 +79,7 @@ def transformers_sam(zoo: SamViTB, **config: object) -> DeepseekOcr2SamVisionEnc
 def test_matches_transformers_on_1024_768_and_non_square_views():
     zoo = SamViTB(**TINY_SAM).eval()
     randomize_(zoo)
-    oracle = transformers_sam(
-        zoo,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        global_attn_indexes=[1],
-        output_channels=16,
-        downsample_channels=[24, 32],
-    )
+    oracle = transformers_sam(zoo, **TINY_SAM_ORACLE)
     torch.manual_seed(0)
     for (height, width), batch in (((1024, 1024), 2), ((768, 768), 2), ((768, 1024), 1)):
         pixels = torch.randn(batch, 3, height, width)
@@ -162,19 +164,11 @@ def test_rejects_bad_inputs():
 
 
 def test_training_gradients_match_transformers():
-    """In training on CPU the zoo's attention runs :func:`relpos_attention`; its gradients for
-    the pixels and every weight equal those of transformers' eager attention."""
+    """In training on CPU the zoo's attention runs ``DecomposedRelPosAttention``; its gradients
+    for the pixels and every weight equal those of transformers' eager attention."""
     zoo = SamViTB(**TINY_SAM).train()
     randomize_(zoo)
-    oracle = transformers_sam(
-        zoo,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        global_attn_indexes=[1],
-        output_channels=16,
-        downsample_channels=[24, 32],
-    ).train()
+    oracle = transformers_sam(zoo, **TINY_SAM_ORACLE).train()
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn(1, 3, 512, 384, generator=generator)  # a padded, non-square grid
     weights = torch.randn(1, 32, 8, 6, generator=generator)
