@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoders.base import VisionEncoder
-from encoders.relpos_attention import DecomposedRelPosAttention
+from encoders.relpos_attention import DecomposedRelPosAttention, chunked_relpos_attention
 from zoo.registry import register_encoder
 
 
@@ -84,8 +84,9 @@ class SamAttention(nn.Module):
 
     ``rel_pos_h``/``rel_pos_w`` are learned for ``grid_size`` x ``grid_size``; the score of query
     ``(qh, qw)`` for key ``(kh, kw)`` gets ``q . Rh[qh - kh] + q . Rw[qw - kw]`` added (``q``
-    unscaled), passed to SDPA as an additive mask, or, when training on CPU, to
-    :class:`DecomposedRelPosAttention` as its two factors.
+    unscaled). On CUDA the bias goes to SDPA as an additive mask; on CPU its two factors go to
+    :class:`DecomposedRelPosAttention` in training and to :func:`chunked_relpos_attention` in
+    inference, which never build the whole ``[N, heads, L, L]`` bias more than once.
     """
 
     def __init__(self, width: int, num_heads: int, grid_size: int) -> None:
@@ -106,13 +107,14 @@ class SamAttention(nn.Module):
         qkv = self.qkv(x).view(count, height * width, 3, self.num_heads, -1)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         by_row, by_col = self.relative_position_factors(query, height, width)
-        if torch.is_grad_enabled() and x.device.type == "cpu":
-            # SDPA's only path with a gradient for the bias is its memory-hungry math path
-            out = DecomposedRelPosAttention.apply(query, key, value, by_row, by_col)
-        else:
-            # no copy: contiguous factors keep the sum contiguous, so the flatten is a view
+        if x.device.type != "cpu":
+            # CUDA's SDPA kernels take the bias, and give it a gradient, without a math path
             bias = (by_row[..., :, None] + by_col[..., None, :]).flatten(4).flatten(2, 3)
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        elif by_row.requires_grad:
+            out = DecomposedRelPosAttention.apply(query, key, value, by_row, by_col)
+        else:
+            out = chunked_relpos_attention(query, key, value, by_row, by_col)
         return self.proj(out.transpose(1, 2).reshape(count, height, width, channels))
 
     def relative_position_factors(

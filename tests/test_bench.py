@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from zoo.bench.__main__ import SUITES, format_table
 from zoo.bench.context import comparison, meets
 from zoo.bench.measure import Stats, peak_tensor_bytes
+from zoo.bench.vision import count_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_SUITES = ["decode", "moe", "masks", "ablations", "machine"]
@@ -132,3 +134,14 @@ def test_the_ablations_suite_leaves_the_shared_decoder_as_it_found_it():
     assert model.decoder.lm_head is head and head.weight.t().is_contiguous()
     assert not model.decoder.training
     assert all(p.grad is None for p in model.decoder.parameters())
+
+
+def test_flop_count_includes_attention_on_cpu():
+    batch, heads, length, dim = 2, 3, 64, 16
+    query, key, value = torch.randn(3, batch, heads, length, dim).unbind(0)
+    mask = torch.randn(length, length)
+    attention_flops = 4 * batch * heads * length * length * dim  # q k^T, then p v
+    assert count_flops(lambda: F.scaled_dot_product_attention(query, key, value, mask)) == (
+        attention_flops
+    )
+    assert count_flops(lambda: query @ key.transpose(-1, -2)) == attention_flops // 2

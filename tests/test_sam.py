@@ -209,3 +209,21 @@ def test_training_attention_keeps_about_two_score_buffers():
 
     assert peak_tensor_bytes(zoo_step) < 2.5 * score_bytes
     assert peak_tensor_bytes(sdpa_step) > 4 * score_bytes
+
+
+def test_inference_attention_builds_the_bias_block_by_block():
+    """Without gradients a 4096-token global block never holds its whole bias (128 MiB here);
+    the output equals SDPA given the whole bias."""
+    attention = SamAttention(32, 2, 64).eval()
+    randomize_(attention)
+    x = torch.randn(1, 64, 64, 32)
+    score_bytes = 2 * (64 * 64) ** 2 * 4
+    with torch.no_grad():
+        assert peak_tensor_bytes(lambda: attention(x)) < score_bytes / 2
+        qkv = attention.qkv(x).view(1, 64 * 64, 3, 2, -1)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        by_row, by_col = attention.relative_position_factors(query, 64, 64)
+        bias = (by_row[..., :, None] + by_col[..., None, :]).flatten(4).flatten(2, 3)
+        expected = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        expected = attention.proj(expected.transpose(1, 2).reshape(1, 64, 64, 32))
+        torch.testing.assert_close(attention(x), expected, rtol=1e-5, atol=1e-5)
