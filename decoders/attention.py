@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from decoders.kv_cache import LayerCache
-from zoo.layers import RMSNorm, apply_rotary
+from zoo.layers import RMSNorm, ThreadedLinear, apply_rotary
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 ATTENTION_KINDS = ("mha", "mla")
@@ -70,10 +70,10 @@ class MultiHeadAttention(nn.Module):
         self.head_dim = head_dim or hidden_size // num_heads
         self.rope_dim = self.head_dim
         width = num_heads * self.head_dim
-        self.q_proj = nn.Linear(hidden_size, width, bias=False)
-        self.k_proj = nn.Linear(hidden_size, width, bias=False)
-        self.v_proj = nn.Linear(hidden_size, width, bias=False)
-        self.o_proj = nn.Linear(width, hidden_size, bias=False)
+        self.q_proj = ThreadedLinear(hidden_size, width, bias=False)
+        self.k_proj = ThreadedLinear(hidden_size, width, bias=False)
+        self.v_proj = ThreadedLinear(hidden_size, width, bias=False)
+        self.o_proj = ThreadedLinear(width, hidden_size, bias=False)
 
     def forward(
         self,
@@ -131,19 +131,19 @@ class MultiHeadLatentAttention(nn.Module):
         self.q_head_dim = qk_nope_head_dim + qk_rope_head_dim
         self.scale = self.q_head_dim**-0.5
         if q_lora_rank is None:
-            self.q_proj = nn.Linear(hidden_size, num_heads * self.q_head_dim, bias=False)
+            self.q_proj = ThreadedLinear(hidden_size, num_heads * self.q_head_dim, bias=False)
         else:
-            self.q_a_proj = nn.Linear(hidden_size, q_lora_rank, bias=False)
+            self.q_a_proj = ThreadedLinear(hidden_size, q_lora_rank, bias=False)
             self.q_a_layernorm = RMSNorm(q_lora_rank, rms_norm_eps)
-            self.q_b_proj = nn.Linear(q_lora_rank, num_heads * self.q_head_dim, bias=False)
-        self.kv_a_proj_with_mqa = nn.Linear(
+            self.q_b_proj = ThreadedLinear(q_lora_rank, num_heads * self.q_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = ThreadedLinear(
             hidden_size, kv_lora_rank + qk_rope_head_dim, bias=False
         )
         self.kv_a_layernorm = RMSNorm(kv_lora_rank, rms_norm_eps)
-        self.kv_b_proj = nn.Linear(
+        self.kv_b_proj = ThreadedLinear(
             kv_lora_rank, num_heads * (qk_nope_head_dim + v_head_dim), bias=False
         )
-        self.o_proj = nn.Linear(num_heads * v_head_dim, hidden_size, bias=False)
+        self.o_proj = ThreadedLinear(num_heads * v_head_dim, hidden_size, bias=False)
 
     def _queries(self, hidden: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "q_proj"):

@@ -18,6 +18,7 @@ from zoo.bench.__main__ import SUITES, format_table
 from zoo.bench.context import comparison, meets
 from zoo.bench.measure import Stats, peak_tensor_bytes
 from zoo.bench.vision import count_flops
+from zoo.layers import ThreadedLinear
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_SUITES = ["decode", "moe", "masks", "ablations", "machine"]
@@ -122,16 +123,20 @@ def test_the_transformers_twin_shares_weights_but_keeps_its_own_lm_head_layout()
 
 
 def test_the_ablations_suite_leaves_the_shared_decoder_as_it_found_it():
-    """Later suites reuse the model: its own head, eval mode and no gradients afterwards."""
+    """Later suites reuse the model: its own head and layer classes, eval mode and no
+    gradients afterwards."""
     from zoo.bench import ablations
     from zoo.bench.context import BenchContext
 
     ctx = BenchContext(tiny=True, repeats=1, warmup=0)
     model, _ = ctx.pair("main")
     head = model.decoder.lm_head
+    classes = [type(module) for module in model.decoder.modules()]
     rows = ablations.run(ctx)["rows"]
-    assert [row["ratio"] is not None for row in rows] == [True, True]
+    assert [row["ratio"] is not None for row in rows] == [True, True, True]
     assert model.decoder.lm_head is head and head.weight.t().is_contiguous()
+    assert [type(module) for module in model.decoder.modules()] == classes
+    assert ThreadedLinear in classes
     assert not model.decoder.training
     assert all(p.grad is None for p in model.decoder.parameters())
 

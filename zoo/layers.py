@@ -7,6 +7,35 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def threaded_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``F.linear``, except that one row on CPU is multiplied as a bmm over one block of
+    ``weight``'s rows per thread.
+
+    MKL multiplies a single row by a matrix on one thread; one decoded token is nothing but such
+    products, so they read the weights at 13-17 GB/s on the project's 2-core machine. The
+    batched form streams every block on its own thread: 20-28 GB/s, and 33 GB/s for the
+    column-major LM head. Any other input, or a weight whose rows do not split evenly, goes to
+    ``F.linear``.
+    """
+    out_features, in_features = weight.shape
+    parts = torch.get_num_threads()
+    if x.device.type != "cpu" or x.numel() != in_features or parts < 2 or out_features % parts:
+        return F.linear(x, weight, bias)
+    blocks = weight.view(parts, out_features // parts, in_features)
+    rows = x.reshape(1, 1, in_features).expand(parts, 1, in_features)
+    out = torch.bmm(rows, blocks.transpose(1, 2)).reshape(*x.shape[:-1], out_features)
+    return out if bias is None else out + bias
+
+
+class ThreadedLinear(nn.Linear):
+    """``nn.Linear`` (same parameters and state dict) through :func:`threaded_linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return threaded_linear(x, self.weight, self.bias)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm computed in float32, as Qwen2 and DeepSeek-V2 do."""
 
@@ -26,9 +55,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)
-        self.up_proj = nn.Linear(dim, hidden_dim, bias=False)
-        self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
+        self.gate_proj = ThreadedLinear(dim, hidden_dim, bias=False)
+        self.up_proj = ThreadedLinear(dim, hidden_dim, bias=False)
+        self.down_proj = ThreadedLinear(hidden_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

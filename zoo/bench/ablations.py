@@ -1,9 +1,10 @@
-"""Suite ``ablations``: what two of the zoo's own optimisations buy, each timed against the same
-zoo decoder without it, alternating in one process. The reference column of these rows holds
-the zoo without the optimisation, not transformers.
+"""Suite ``ablations``: what the zoo's own optimisations buy, each timed against the same zoo
+model without it, alternating in one process. The reference column of these rows holds the zoo
+without the optimisation, not transformers.
 
-* the column-major LM head (``decoders/lm_head.py``) against a row-major copy, in greedy
-  decoding with the KV cache (seconds per token as in the ``decode`` suite);
+* one-row products split over the threads (``zoo.layers.threaded_linear``) against
+  ``F.linear``, and the column-major LM head (``decoders/lm_head.py``) against a row-major copy,
+  in greedy decoding with the KV cache (seconds per token as in the ``decode`` suite);
 * the LM head on the labelled positions only against every position's logits, in one training
   step (forward + backward) of the decoder over a prompt whose last ``ANSWER_TOKENS`` are
   labelled."""
@@ -11,7 +12,7 @@ the zoo without the optimisation, not transformers.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -23,51 +24,71 @@ from zoo.bench.context import BenchContext, comparison
 from zoo.bench.decode import seconds_per_token
 from zoo.bench.measure import sample_interleaved, time_interleaved
 from zoo.bench.prefill import PROMPT_TOKENS
+from zoo.layers import ThreadedLinear
 
 ANSWER_TOKENS = 64
 
 
 @contextmanager
-def lm_head_swapped(decoder: nn.Module, head: nn.Linear) -> Iterator[None]:
-    """``decoder`` with ``head`` as its LM head for the duration."""
+def lm_head_row_major(decoder: nn.Module) -> Iterator[None]:
+    """``decoder`` with a row-major copy of its LM head for the duration."""
     own = decoder.lm_head
-    decoder.lm_head = head
+    decoder.lm_head = ThreadedLinear(decoder.hidden_size, decoder.vocab_size, bias=False)
+    decoder.lm_head.weight = nn.Parameter(own.weight.detach().contiguous())
     try:
         yield
     finally:
         decoder.lm_head = own
 
 
-def decode_row(ctx: BenchContext, decoder: nn.Module, prompt: int) -> dict[str, Any]:
+@contextmanager
+def plain_linears(decoder: nn.Module) -> Iterator[None]:
+    """``decoder`` with every layer that goes through ``threaded_linear`` run as a plain
+    ``nn.Linear`` (same parameters) for the duration."""
+    swapped = [
+        m for m in decoder.modules() if isinstance(m, nn.Linear) and type(m) is not nn.Linear
+    ]
+    classes = [type(m) for m in swapped]
+    try:
+        for module in swapped:
+            module.__class__ = nn.Linear
+        yield
+    finally:
+        for module, cls in zip(swapped, classes, strict=True):
+            module.__class__ = cls
+
+
+DECODE_ABLATIONS = {
+    "one-row products split over the threads vs F.linear": plain_linears,
+    "column-major LM head vs row-major": lm_head_row_major,
+}
+
+
+def decode_row(ctx: BenchContext, decoder: nn.Module, prompt: int, name: str) -> dict[str, Any]:
     new_tokens = 4 if ctx.tiny else 16
     generator = torch.Generator().manual_seed(0)
     embeds = 0.1 * torch.randn(1, prompt, decoder.hidden_size, generator=generator)
     mask = torch.ones(1, prompt, dtype=torch.long)
-    row_major = nn.Linear(decoder.hidden_size, decoder.vocab_size, bias=False)
-    row_major.weight = nn.Parameter(decoder.lm_head.weight.detach().contiguous())
-    heads = {"column": decoder.lm_head, "row": row_major}
 
-    def decode(layout: str, n: int) -> None:
-        with lm_head_swapped(decoder, heads[layout]):
+    def decode(ablated: bool, n: int) -> None:
+        with DECODE_ABLATIONS[name](decoder) if ablated else nullcontext():
             generate(decoder, embeds, mask, max_new_tokens=n)
 
     calls = {
-        f"{layout} {n}": lambda layout=layout, n=n: decode(layout, n)
-        for layout in heads
+        f"{ablated} {n}": lambda ablated=ablated, n=n: decode(ablated, n)
+        for ablated in (False, True)
         for n in (1, new_tokens + 1)
     }
     with torch.no_grad():
         samples = sample_interleaved(calls, ctx.repeats, ctx.warmup)
-    per_token = {
-        layout: seconds_per_token(
-            samples[f"{layout} {new_tokens + 1}"], samples[f"{layout} 1"], new_tokens
+    per_token = [
+        seconds_per_token(
+            samples[f"{ablated} {new_tokens + 1}"], samples[f"{ablated} 1"], new_tokens
         )
-        for layout in heads
-    }
+        for ablated in (False, True)
+    ]
     return comparison(
-        f"column-major LM head vs row-major: greedy decode after {prompt} tokens, per token",
-        per_token["column"],
-        per_token["row"],
+        f"{name}: greedy decode after {prompt} tokens, per token", per_token[0], per_token[1]
     )
 
 
@@ -103,5 +124,6 @@ def training_row(ctx: BenchContext, decoder: nn.Module, prompt: int) -> dict[str
 def run(ctx: BenchContext) -> dict[str, Any]:
     model, _ = ctx.pair("main")
     prompt = 96 if ctx.tiny else PROMPT_TOKENS
-    rows = [decode_row(ctx, model.decoder, prompt), training_row(ctx, model.decoder, prompt)]
+    rows = [decode_row(ctx, model.decoder, prompt, name) for name in DECODE_ABLATIONS]
+    rows.append(training_row(ctx, model.decoder, prompt))
     return {"rows": rows}

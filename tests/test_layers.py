@@ -1,0 +1,72 @@
+"""``zoo.layers.threaded_linear``: the one-row product split over the threads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from zoo.layers import ThreadedLinear, threaded_linear
+
+
+class OpNames(TorchDispatchMode):
+    """Records the name of every aten op run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("layout", ["row-major", "column-major"])
+@pytest.mark.parametrize("shape", [(24,), (1, 24), (1, 1, 24)])
+def test_one_row_goes_through_bmm_and_equals_linear(two_threads, layout, shape):
+    weight = torch.randn(10, 24)
+    if layout == "column-major":
+        weight = weight.t().contiguous().t()
+    bias, x = torch.randn(10), torch.randn(shape)
+    with OpNames() as ops:
+        out = threaded_linear(x, weight, bias)
+    assert "bmm.default" in ops.names
+    torch.testing.assert_close(out, F.linear(x, weight, bias))
+
+
+@pytest.mark.parametrize(
+    "rows,out_features,threads", [(2, 10, 2), (1, 9, 2), (1, 10, 1)], ids=["rows", "odd", "one"]
+)
+def test_other_products_go_to_linear(rows, out_features, threads):
+    weight, x = torch.randn(out_features, 24), torch.randn(rows, 24)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with OpNames() as ops:
+            out = threaded_linear(x, weight)
+    finally:
+        torch.set_num_threads(previous)
+    assert "bmm.default" not in ops.names
+    torch.testing.assert_close(out, F.linear(x, weight))
+
+
+def test_threaded_linear_module_keeps_linear_parameters_and_gradients(two_threads):
+    layer = ThreadedLinear(24, 10)
+    plain = torch.nn.Linear(24, 10)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(1, 24, requires_grad=True)
+    layer(x).square().sum().backward()
+    grads = [x.grad.clone(), layer.weight.grad, layer.bias.grad]
+    x.grad = None
+    plain(x).square().sum().backward()
+    for ours, expected in zip(grads, [x.grad, plain.weight.grad, plain.bias.grad], strict=True):
+        torch.testing.assert_close(ours, expected)
