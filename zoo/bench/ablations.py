@@ -11,8 +11,9 @@ without the optimisation, not transformers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 from typing import Any
 
 import torch
@@ -30,15 +31,21 @@ ANSWER_TOKENS = 64
 
 
 @contextmanager
-def lm_head_row_major(decoder: nn.Module) -> Iterator[None]:
-    """``decoder`` with a row-major copy of its LM head for the duration."""
+def lm_head_swapped(decoder: nn.Module, head: nn.Linear) -> Iterator[None]:
+    """``decoder`` with ``head`` as its LM head for the duration."""
     own = decoder.lm_head
-    decoder.lm_head = ThreadedLinear(decoder.hidden_size, decoder.vocab_size, bias=False)
-    decoder.lm_head.weight = nn.Parameter(own.weight.detach().contiguous())
+    decoder.lm_head = head
     try:
         yield
     finally:
         decoder.lm_head = own
+
+
+def row_major_copy(head: nn.Linear) -> ThreadedLinear:
+    """The LM head with its weight copied row-major (contiguous)."""
+    copy = ThreadedLinear(head.in_features, head.out_features, bias=False, device="meta")
+    copy.weight = nn.Parameter(head.weight.detach().contiguous())
+    return copy
 
 
 @contextmanager
@@ -58,9 +65,14 @@ def plain_linears(decoder: nn.Module) -> Iterator[None]:
             module.__class__ = cls
 
 
-DECODE_ABLATIONS = {
-    "one-row products split over the threads vs F.linear": plain_linears,
-    "column-major LM head vs row-major": lm_head_row_major,
+# name -> (decoder -> the context that takes the optimisation away), built before timing
+DECODE_ABLATIONS: dict[str, Callable[[nn.Module], Callable[[], AbstractContextManager]]] = {
+    "one-row products split over the threads vs F.linear": lambda decoder: partial(
+        plain_linears, decoder
+    ),
+    "column-major LM head vs row-major": lambda decoder: partial(
+        lm_head_swapped, decoder, row_major_copy(decoder.lm_head)
+    ),
 }
 
 
@@ -70,8 +82,10 @@ def decode_row(ctx: BenchContext, decoder: nn.Module, prompt: int, name: str) ->
     embeds = 0.1 * torch.randn(1, prompt, decoder.hidden_size, generator=generator)
     mask = torch.ones(1, prompt, dtype=torch.long)
 
+    ablation = DECODE_ABLATIONS[name](decoder)
+
     def decode(ablated: bool, n: int) -> None:
-        with DECODE_ABLATIONS[name](decoder) if ablated else nullcontext():
+        with ablation() if ablated else nullcontext():
             generate(decoder, embeds, mask, max_new_tokens=n)
 
     calls = {
