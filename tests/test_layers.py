@@ -44,10 +44,12 @@ def test_one_row_goes_through_bmm_and_equals_linear(two_threads, layout, shape):
 
 
 @pytest.mark.parametrize(
-    "rows,out_features,threads", [(2, 10, 2), (1, 9, 2), (1, 10, 1)], ids=["rows", "odd", "one"]
+    "rows,out_features,threads,stride",
+    [(2, 10, 2, 1), (1, 9, 2, 1), (1, 10, 1, 1), (1, 10, 2, 2)],
+    ids=["rows", "odd", "one-thread", "strided"],
 )
-def test_other_products_go_to_linear(rows, out_features, threads):
-    weight, x = torch.randn(out_features, 24), torch.randn(rows, 24)
+def test_other_products_go_to_linear(rows, out_features, threads, stride):
+    weight, x = torch.randn(out_features, 24 * stride)[:, ::stride], torch.randn(rows, 24)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -16,12 +16,14 @@ def threaded_linear(
     MKL multiplies a single row by a matrix on one thread; one decoded token is nothing but such
     products, so they read the weights at 13-17 GB/s on the project's 2-core machine. The
     batched form streams every block on its own thread: 20-28 GB/s, and 33 GB/s for the
-    column-major LM head. Any other input, or a weight whose rows do not split evenly, goes to
-    ``F.linear``.
+    column-major LM head. Any other input, or a weight whose rows do not split evenly into
+    views (neither row- nor column-major), goes to ``F.linear``.
     """
     out_features, in_features = weight.shape
     parts = torch.get_num_threads()
-    if x.device.type != "cpu" or x.numel() != in_features or parts < 2 or out_features % parts:
+    splits = parts > 1 and out_features % parts == 0
+    splits = splits and (weight.is_contiguous() or weight.t().is_contiguous())
+    if x.device.type != "cpu" or x.numel() != in_features or not splits:
         return F.linear(x, weight, bias)
     blocks = weight.view(parts, out_features // parts, in_features)
     rows = x.reshape(1, 1, in_features).expand(parts, 1, in_features)
