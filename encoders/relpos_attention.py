@@ -9,8 +9,8 @@ one buffer is all backward keeps; backward forms the softmax gradient in place t
 column factors get their gradients as sums of the score gradient, so the bias needs none.
 Fresh buffers of that size cost as much to fault in as to fill, hence the in-place steps.
 
-Inference needs no gradient, so :func:`chunked_relpos_attention` hands SDPA one block of query
-rows at a time with its block of the bias (encoding a 1024 view: peak 173 MiB instead of 876).
+Inference needs no gradient, so :func:`relpos_sdpa` hands SDPA one block of query rows at a
+time with its block of the bias (encoding a 1024 view: peak 173 MiB instead of 876).
 """
 
 from __future__ import annotations
@@ -61,25 +61,30 @@ class DecomposedRelPosAttention(torch.autograd.Function):
         )
 
 
+# Bias blocks of CPU inference: under glibc's 32 MiB mmap ceiling, so they are reused from the
+# heap instead of faulted in afresh.
 BIAS_BLOCK_BYTES = 16 * 2**20
 
 
-def chunked_relpos_attention(
+def relpos_sdpa(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     by_row: torch.Tensor,
     by_col: torch.Tensor,
+    block_bytes: int | None = None,
 ) -> torch.Tensor:
-    """Inference: SDPA over blocks of query rows, each given its own block of the bias, so no
-    ``[N, heads, L, L]`` bias is ever built; blocks stay under glibc's 32 MiB mmap ceiling and
-    are reused from the heap instead of faulted in afresh."""
-    count, heads, length, dim = query.shape
-    rows = max(1, BIAS_BLOCK_BYTES // (count * heads * length * query.element_size()))
+    """SDPA given the bias as an additive mask: whole (CUDA, where SDPA's kernels also give it
+    its gradient), or built for one block of query rows at a time, at most ``block_bytes``
+    each, so no ``[N, heads, L, L]`` bias ever exists (CPU inference)."""
+    count, heads, length, _ = query.shape
+    rows = length
+    if block_bytes is not None:
+        rows = max(1, block_bytes // (count * heads * length * query.element_size()))
     by_row, by_col = by_row.flatten(2, 3), by_col.flatten(2, 3)
-    out = torch.empty_like(query)
+    blocks = []
     for start in range(0, length, rows):
         block = slice(start, start + rows)
         bias = (by_row[:, :, block, :, None] + by_col[:, :, block, None, :]).flatten(-2)
-        out[:, :, block] = F.scaled_dot_product_attention(query[:, :, block], key, value, bias)
-    return out
+        blocks.append(F.scaled_dot_product_attention(query[:, :, block], key, value, bias))
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)

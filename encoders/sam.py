@@ -19,7 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoders.base import VisionEncoder
-from encoders.relpos_attention import DecomposedRelPosAttention, chunked_relpos_attention
+from encoders.relpos_attention import (
+    BIAS_BLOCK_BYTES,
+    DecomposedRelPosAttention,
+    relpos_sdpa,
+)
 from zoo.registry import register_encoder
 
 
@@ -84,9 +88,9 @@ class SamAttention(nn.Module):
 
     ``rel_pos_h``/``rel_pos_w`` are learned for ``grid_size`` x ``grid_size``; the score of query
     ``(qh, qw)`` for key ``(kh, kw)`` gets ``q . Rh[qh - kh] + q . Rw[qw - kw]`` added (``q``
-    unscaled). On CUDA the bias goes to SDPA as an additive mask; on CPU its two factors go to
-    :class:`DecomposedRelPosAttention` in training and to :func:`chunked_relpos_attention` in
-    inference, which never build the whole ``[N, heads, L, L]`` bias more than once.
+    unscaled). On CUDA the whole bias goes to SDPA as an additive mask; on CPU the two factors
+    go to :class:`DecomposedRelPosAttention` in training, and to SDPA block by block in
+    inference (:func:`relpos_sdpa`), which spares memory (see ``encoders/relpos_attention.py``).
     """
 
     def __init__(self, width: int, num_heads: int, grid_size: int) -> None:
@@ -107,14 +111,11 @@ class SamAttention(nn.Module):
         qkv = self.qkv(x).view(count, height * width, 3, self.num_heads, -1)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         by_row, by_col = self.relative_position_factors(query, height, width)
-        if x.device.type != "cpu":
-            # CUDA's SDPA kernels take the bias, and give it a gradient, without a math path
-            bias = (by_row[..., :, None] + by_col[..., None, :]).flatten(4).flatten(2, 3)
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
-        elif by_row.requires_grad:
+        if x.device.type == "cpu" and by_row.requires_grad:
             out = DecomposedRelPosAttention.apply(query, key, value, by_row, by_col)
         else:
-            out = chunked_relpos_attention(query, key, value, by_row, by_col)
+            blocks = BIAS_BLOCK_BYTES if x.device.type == "cpu" else None
+            out = relpos_sdpa(query, key, value, by_row, by_col, blocks)
         return self.proj(out.transpose(1, 2).reshape(count, height, width, channels))
 
     def relative_position_factors(

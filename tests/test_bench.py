@@ -133,7 +133,7 @@ def test_the_ablations_suite_leaves_the_shared_decoder_as_it_found_it():
     head = model.decoder.lm_head
     classes = [type(module) for module in model.decoder.modules()]
     rows = ablations.run(ctx)["rows"]
-    assert [row["ratio"] is not None for row in rows] == [True, True, True]
+    assert len(rows) == 6 and all(row["ratio"] is not None for row in rows)
     assert model.decoder.lm_head is head and head.weight.t().is_contiguous()
     assert [type(module) for module in model.decoder.modules()] == classes
     assert ThreadedLinear in classes

@@ -7,7 +7,11 @@ without the optimisation, not transformers.
   in greedy decoding with the KV cache (seconds per token as in the ``decode`` suite);
 * the LM head on the labelled positions only against every position's logits, in one training
   step (forward + backward) of the decoder over a prompt whose last ``ANSWER_TOKENS`` are
-  labelled."""
+  labelled;
+* SAM's attention in CPU training (``DecomposedRelPosAttention``) against SDPA given the whole
+  bias, forward + backward of one global block's attention (time and peak memory);
+* generation's prefill as one unpadded forward per prompt length against one forward over the
+  padded batch, for the ``eval`` suite's pages."""
 
 from __future__ import annotations
 
@@ -21,9 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from decoders import generate
+from decoders.generation import prefill
+from encoders.relpos_attention import DecomposedRelPosAttention, relpos_sdpa
 from zoo.bench.context import BenchContext, comparison
 from zoo.bench.decode import seconds_per_token
-from zoo.bench.measure import sample_interleaved, time_interleaved
+from zoo.bench.evaluation import INSTRUCTION_TOKENS, PAGE_SIZES
+from zoo.bench.measure import Stats, peak_tensor_bytes, sample_interleaved, time_interleaved
+from zoo.bench.models import prompts, random_pages
 from zoo.bench.prefill import PROMPT_TOKENS
 from zoo.layers import ThreadedLinear
 
@@ -135,9 +143,68 @@ def training_row(ctx: BenchContext, decoder: nn.Module, prompt: int) -> dict[str
     )
 
 
+def sam_attention_rows(ctx: BenchContext) -> list[dict[str, Any]]:
+    heads, side, dim = (2, 32, 16) if ctx.tiny else (12, 64, 64)  # SAM-B: 12 heads of 64
+    generator = torch.Generator().manual_seed(2)
+    inputs = [
+        (0.1 * torch.randn(shape, generator=generator)).requires_grad_()
+        for shape in [(1, heads, side * side, dim)] * 3 + [(1, heads, side, side, side)] * 2
+    ]
+
+    def step(attend: Callable[..., torch.Tensor]) -> None:
+        for tensor in inputs:
+            tensor.grad = None
+        attend(*inputs).sum().backward()
+
+    calls = {
+        "zoo": lambda: step(DecomposedRelPosAttention.apply),
+        "sdpa": lambda: step(relpos_sdpa),
+    }
+    times = time_interleaved(calls, ctx.repeats, ctx.warmup)
+    memory = {
+        name: Stats.of([peak_tensor_bytes(call) / 2**20], "MiB") for name, call in calls.items()
+    }
+    case = (
+        f"SAM attention in CPU training, {side * side} tokens x {heads} heads, forward + "
+        "backward: DecomposedRelPosAttention vs SDPA given the whole bias"
+    )
+    return [
+        comparison(case, times["zoo"], times["sdpa"]),
+        comparison(f"{case}: peak memory", memory["zoo"], memory["sdpa"]),
+    ]
+
+
+def prefill_row(ctx: BenchContext) -> dict[str, Any]:
+    model, _ = ctx.pair("eval")
+    pages = PAGE_SIZES[:3] if ctx.tiny else PAGE_SIZES
+    images = model.preprocess(random_pages(pages))
+    ids, mask = prompts(model, images, [INSTRUCTION_TOKENS] * len(pages))
+    decoder = model.decoder
+    with torch.no_grad():
+        embeds = model.embed_inputs(ids, images)
+        times = time_interleaved(
+            {
+                "by length": lambda: prefill(decoder, embeds, mask),
+                "padded": lambda: decoder(
+                    embeds, attention_mask=mask, use_cache=True, logits_to_keep=1
+                ),
+            },
+            ctx.repeats,
+            ctx.warmup,
+        )
+    return comparison(
+        f"prefill of the eval suite's {len(pages)} pages: one unpadded forward per prompt "
+        "length vs one padded batch",
+        times["by length"],
+        times["padded"],
+    )
+
+
 def run(ctx: BenchContext) -> dict[str, Any]:
     model, _ = ctx.pair("main")
     prompt = 96 if ctx.tiny else PROMPT_TOKENS
     rows = [decode_row(ctx, model.decoder, prompt, name) for name in DECODE_ABLATIONS]
     rows.append(training_row(ctx, model.decoder, prompt))
+    rows.extend(sam_attention_rows(ctx))
+    rows.append(prefill_row(ctx))
     return {"rows": rows}
