@@ -4,34 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
-from zoo.layers import threaded_linear
+from zoo.layers import ThreadedLinear
 
 
-class ColumnMajorLMHead(nn.Linear):
+class ColumnMajorLMHead(ThreadedLinear):
     """``nn.Linear(hidden_size, vocab_size, bias=False)`` whose ``[vocab, hidden]`` weight is
-    stored column-major (``weight.t()`` is the contiguous tensor).
+    stored column-major (``weight.t()`` is the contiguous tensor), multiplied through
+    :func:`zoo.layers.threaded_linear`.
 
     A decode step multiplies one row by this matrix, the largest the step reads (662 MB for
-    DeepSeek-3B-MoE's 129k vocabulary in fp32). On the project's 2-core CPU the BLAS multiplies
-    one row by the column-major layout 1.6x faster (29 ms against 47 ms) and many rows at the
-    same speed; ``python -m zoo.bench decode`` shows the effect on whole decode steps.
-    Shape, values and state-dict entries are those of the ``nn.Linear``; only the strides
-    differ. ``load_state_dict`` copies into the existing layout, and a post-load hook lays the
-    weight out again after ``assign=True`` loading (``zoo.from_pretrained``) replaced it.
-    The product goes through :func:`zoo.layers.threaded_linear`, which splits the one-row
-    product over the threads (33 GB/s with both layouts combined, 21 GB/s with this one alone).
+    DeepSeek-3B-MoE's 129k vocabulary in fp32). The CPU BLAS streams this layout faster for one
+    row and as fast for many; ``python -m zoo.bench ablations`` times whole decode steps against
+    a row-major copy. Shape, values and state-dict entries are those of the ``nn.Linear``; only
+    the strides differ. ``load_state_dict`` copies into the existing layout, and a post-load
+    hook lays the weight out again after ``assign=True`` loading (``zoo.from_pretrained``)
+    replaced it.
     """
 
     def __init__(self, hidden_size: int, vocab_size: int) -> None:
         super().__init__(hidden_size, vocab_size, bias=False)
         self.lay_out_column_major()
         self.register_load_state_dict_post_hook(_lay_out_after_load)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return threaded_linear(x, self.weight)
 
     def lay_out_column_major(self) -> None:
         """Store the weight column-major, unless it already is."""

@@ -17,7 +17,7 @@ from decoders.base import DecoderOutput, LanguageDecoder
 from decoders.kv_cache import KVCache, LayerCache
 from decoders.lm_head import ColumnMajorLMHead
 from decoders.moe import MoEFeedForward
-from zoo.layers import RMSNorm, RotaryEmbedding
+from zoo.layers import RMSNorm, RotaryEmbedding, ThreadedLinear
 
 
 class DecoderLayer(nn.Module):
@@ -118,7 +118,7 @@ class TransformerDecoder(LanguageDecoder):
         self.norm = RMSNorm(hidden_size, rms_norm_eps)
         # a tied head shares the embedding's row-major table
         self.lm_head = (
-            nn.Linear(hidden_size, vocab_size, bias=False)
+            ThreadedLinear(hidden_size, vocab_size, bias=False)
             if tie_word_embeddings
             else ColumnMajorLMHead(hidden_size, vocab_size)
         )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,12 +25,20 @@ class OpNames(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@contextmanager
+def threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+    with threads(2):
+        yield
 
 
 @pytest.mark.parametrize("layout", ["row-major", "column-major"])
@@ -44,19 +55,14 @@ def test_one_row_goes_through_bmm_and_equals_linear(two_threads, layout, shape):
 
 
 @pytest.mark.parametrize(
-    "rows,out_features,threads,stride",
+    "rows,out_features,thread_count,stride",
     [(2, 10, 2, 1), (1, 9, 2, 1), (1, 10, 1, 1), (1, 10, 2, 2)],
     ids=["rows", "odd", "one-thread", "strided"],
 )
-def test_other_products_go_to_linear(rows, out_features, threads, stride):
+def test_other_products_go_to_linear(rows, out_features, thread_count, stride):
     weight, x = torch.randn(out_features, 24 * stride)[:, ::stride], torch.randn(rows, 24)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with OpNames() as ops:
-            out = threaded_linear(x, weight)
-    finally:
-        torch.set_num_threads(previous)
+    with threads(thread_count), OpNames() as ops:
+        out = threaded_linear(x, weight)
     assert "bmm.default" not in ops.names
     torch.testing.assert_close(out, F.linear(x, weight))
 

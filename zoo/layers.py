@@ -13,11 +13,11 @@ def threaded_linear(
     """``F.linear``, except that one row on CPU is multiplied as a bmm over one block of
     ``weight``'s rows per thread.
 
-    MKL multiplies a single row by a matrix on one thread; one decoded token is nothing but such
-    products, so they read the weights at 13-17 GB/s on the project's 2-core machine. The
-    batched form streams every block on its own thread: 20-28 GB/s, and 33 GB/s for the
-    column-major LM head. Any other input, or a weight whose rows do not split evenly into
-    views (neither row- nor column-major), goes to ``F.linear``.
+    MKL multiplies a single row by a matrix on one thread, and one decoded token is nothing but
+    such products; the batched form streams every block on its own thread
+    (``python -m zoo.bench ablations`` times decode steps against ``F.linear``). Any other
+    input, or a weight whose rows do not split evenly into views (neither row- nor
+    column-major), goes to ``F.linear``.
     """
     out_features, in_features = weight.shape
     parts = torch.get_num_threads()

@@ -60,9 +60,7 @@ def row_major_copy(head: nn.Linear) -> ThreadedLinear:
 def plain_linears(decoder: nn.Module) -> Iterator[None]:
     """``decoder`` with every layer that goes through ``threaded_linear`` run as a plain
     ``nn.Linear`` (same parameters) for the duration."""
-    swapped = [
-        m for m in decoder.modules() if isinstance(m, nn.Linear) and type(m) is not nn.Linear
-    ]
+    swapped = [m for m in decoder.modules() if isinstance(m, ThreadedLinear)]
     classes = [type(m) for m in swapped]
     try:
         for module in swapped:

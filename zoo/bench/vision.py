@@ -33,7 +33,9 @@ def _cases(model) -> dict[str, ImageBatch]:
     }
 
 
-def cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+def cpu_attention_flops(
+    query_shape: torch.Size, key_shape: torch.Size, value_shape: torch.Size, *args, **kwargs
+) -> int:
     """``FlopCounterMode`` formula for SDPA's CPU kernel: that of its CUDA kernels."""
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
