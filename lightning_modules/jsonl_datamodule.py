@@ -7,8 +7,10 @@ import json
 import logging
 from pathlib import Path
 
-from lightning_modules.page_data import MARKDOWN_PROMPT, ImageFileDataset, PageDataModule
-from zoo.processor import OCRProcessor
+from lightning_modules.page_datamodule import PageDataModule
+from zoo.data.page_datasets import ImageFileDataset
+from zoo.inputs.processor import OCRProcessor
+from zoo.inputs.prompts import MARKDOWN_PROMPT
 from zoo.registry import register_datamodule
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """torchmetrics metrics for use inside training and validation loops.
 
 Both average a per-page normalised edit distance (edits / longer length) over pages, with the
-edit distance and text normalisation of the OmniDocBench evaluation (``zoo.omnidocbench``),
+edit distance and text normalisation of the OmniDocBench evaluation (``zoo.eval.omnidocbench``),
 so a validation curve speaks the same language as the benchmark. They do not match blocks;
-for benchmark numbers use ``zoo.evaluate_predictions.score_predictions``.
+for benchmark numbers use ``zoo.eval.predictions.score_predictions``.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from collections.abc import Hashable, Sequence
 import torch
 from torchmetrics import Metric
 
-from zoo.omnidocbench import (
+from zoo.eval.omnidocbench import (
     GroundTruthPage,
     match_page,
     normalize_text,
     normalized_edit_distance,
     split_markdown,
 )
-from zoo.omnidocbench.markdown_blocks import TEXT
+from zoo.eval.omnidocbench.markdown_blocks import TEXT
 
 
 class _MeanPageEditDistance(Metric):
@@ -80,7 +80,7 @@ class ReadingOrderEditDistance(_MeanPageEditDistance):
 
     Each order is a sequence of block identifiers (e.g. ground-truth order numbers): the
     prediction lists them as the model reads the page, the target in the true order. For a
-    benchmark page, ``zoo.omnidocbench.match_page(page, markdown).reading_order`` gives
+    benchmark page, ``zoo.eval.omnidocbench.match_page(page, markdown).reading_order`` gives
     ``(target, prediction)``.
     """
 

@@ -17,9 +17,9 @@ from lightning_modules.metrics import (
     markdown_reading_orders,
 )
 from lightning_modules.optim import parameter_groups, warmup_cosine
-from zoo.build import build_model, to_plain
-from zoo.processor import IGNORE_INDEX, OCRProcessor
-from zoo.tokenizer import load_tokenizer
+from zoo.inputs.processor import IGNORE_INDEX, OCRProcessor
+from zoo.inputs.text_tokenizer import load_tokenizer
+from zoo.model.build import build_model, to_plain
 
 
 def prompts_of(batch: Mapping[str, Any], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

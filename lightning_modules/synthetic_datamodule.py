@@ -7,10 +7,12 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from lightning_modules.page_data import MARKDOWN_PROMPT, PageDataModule, PageSample
-from lightning_modules.page_markdown import check_target, page_answer
-from lightning_modules.synthetic_pages import LayoutStyle, PagePlan, paint, plan_page
-from zoo.processor import OCRProcessor
+from lightning_modules.page_datamodule import PageDataModule
+from zoo.data.layout_engine import LayoutStyle, PagePlan, paint, plan_page
+from zoo.data.page_datasets import PageSample
+from zoo.data.page_markdown import check_target, page_answer
+from zoo.inputs.processor import OCRProcessor
+from zoo.inputs.prompts import MARKDOWN_PROMPT
 from zoo.registry import register_datamodule
 
 

@@ -92,7 +92,7 @@ def test_peak_tensor_bytes_counts_live_tensors_of_the_call():
 
 def test_the_three_page_mask_builders_of_the_masks_suite_agree():
     """The masks suite times equal work: zoo, transformers and the row loop build one mask."""
-    from zoo.bench.masks import (
+    from zoo.bench.mask_building import (
         TINY_PAGE_CALLS,
         row_loop_page_masks,
         transformers_page_masks,

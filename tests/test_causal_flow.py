@@ -19,7 +19,7 @@ from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import DeepseekOcr
 from encoders.causal_flow import CausalFlowEncoder, sinusoidal_2d
 from masks import additive_mask, xformers_available
 from tests.test_sam import TINY_SAM, randomize_, sam_parameter_count
-from zoo.convert.deepseek_ocr2_vision import (
+from zoo.io.convert.deepseek_ocr2_vision import (
     CAUSAL_FLOW_FROM_OFFICIAL,
     CAUSAL_FLOW_FROM_TRANSFORMERS,
     CAUSAL_FLOW_FROM_TRANSFORMERS_VISION,
@@ -28,7 +28,7 @@ from zoo.convert.deepseek_ocr2_vision import (
     TRANSFORMERS_FROM_CAUSAL_FLOW,
     TRANSFORMERS_VISION_FROM_CAUSAL_FLOW,
 )
-from zoo.convert.rules import rename_key, rename_state_dict
+from zoo.io.convert.rules import rename_key, rename_state_dict
 from zoo.registry import create_encoder
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

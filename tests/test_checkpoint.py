@@ -10,11 +10,11 @@ from PIL import Image
 
 import zoo
 from tests.conftest import compose_train
-from zoo.build import build_model
-from zoo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointFormatError
-from zoo.init_weights import InitError
+from zoo.inputs.text_tokenizer import ByteTokenizer
+from zoo.io.folder import CONFIG_FILE, WEIGHTS_FILE, CheckpointFormatError
+from zoo.io.tensors import InitError
+from zoo.model.build import build_model
 from zoo.run_setup import make_module, make_processor, model_config
-from zoo.tokenizer import ByteTokenizer
 
 
 def tiny_model(overrides: tuple[str, ...] = ()):
@@ -92,7 +92,7 @@ def test_training_starts_from_a_saved_model(tmp_path):
 
 
 def test_ocr_and_evaluation_load_a_saved_folder(tmp_path):
-    from lightning_modules.predict_module import load_inference_model, transcribe
+    from zoo.model.inference import load_inference_model, transcribe
 
     model, _ = tiny_model()
     model.save_pretrained(tmp_path)

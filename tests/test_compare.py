@@ -12,7 +12,7 @@ from PIL import Image
 from tests.conftest import SHARED
 from tests.test_omnidocbench import DEMO, GT_FILE
 from zoo.compare import REFERENCE_RUNS, compare, find_runs, main
-from zoo.evaluate_predictions import score_predictions, write_metrics
+from zoo.eval.predictions import score_predictions, write_metrics
 
 
 @pytest.fixture(scope="module")

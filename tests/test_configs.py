@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from tests.conftest import compose_train, config_options
-from zoo.build import build_model
+from zoo.model.build import build_model
 from zoo.run_setup import make_processor, model_config
 
 
 def tiny_forward(cfg) -> torch.Tensor:
     """Build the configured tiny model and run one synthetic page through it."""
-    from lightning_modules.synthetic_pages import render_page
+    from zoo.data.layout_engine import render_page
 
     model = build_model(model_config(cfg))
     processor = make_processor(cfg)
@@ -56,7 +56,7 @@ def test_the_reading_order_demonstration_builds_both_encoders_small(encoder):
 
 def test_the_reading_order_demonstration_pages_are_not_read_in_raster_order():
     """Its large type still leaves room for two columns."""
-    from lightning_modules.synthetic_pages import plan_page
+    from zoo.data.layout_engine import plan_page
 
     cfg = compose_train(["experiment=synth_reading_order"])
     pages = [plan_page(0, i, cfg.data.page_size, **cfg.data.style) for i in range(60)]

@@ -14,15 +14,12 @@ from PIL import Image
 from torch.utils.data import SequentialSampler
 
 from lightning_modules.jsonl_datamodule import JsonlDataModule, read_jsonl
-from lightning_modules.omnidocbench_datamodule import (
-    OmniDocBenchDataModule,
-    page_markdown,
-    prediction_dataset,
-)
-from lightning_modules.page_data import LengthBucketBatchSampler
+from lightning_modules.omnidocbench_datamodule import OmniDocBenchDataModule
 from tests.conftest import compose_train
-from zoo.evaluate_predictions import score_predictions
-from zoo.omnidocbench import load_ground_truth, select_pages
+from zoo.data.omnidocbench_pages import page_markdown, prediction_dataset
+from zoo.data.page_datasets import LengthBucketBatchSampler
+from zoo.eval.omnidocbench import load_ground_truth, select_pages
+from zoo.eval.predictions import score_predictions
 from zoo.run_setup import make_datamodule, make_processor
 
 DEMO = "omnidocbench_demo"

@@ -28,7 +28,7 @@ from decoders.moe import (
     padded_grouped_matmul,
 )
 from decoders.transformer import default_position_ids
-from zoo.convert.deepseek_decoder import (
+from zoo.io.convert.deepseek_decoder import (
     official_config_to_kwargs,
     official_to_zoo,
     transformers_to_zoo,

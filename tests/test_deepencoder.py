@@ -15,7 +15,7 @@ from transformers.models.clip.modeling_clip import CLIPEncoder
 
 from encoders.clip import ClipOverFeatureMap, resize_grid_positions
 from encoders.deepencoder import DeepEncoder
-from zoo.convert.deepseek_ocr_vision import (
+from zoo.io.convert.deepseek_ocr_vision import (
     CLIP_FROM_OFFICIAL,
     DEEPENCODER_FROM_OFFICIAL_V1,
     OFFICIAL_FROM_CLIP,
@@ -24,7 +24,7 @@ from zoo.convert.deepseek_ocr_vision import (
     OFFICIAL_V1_VISION_SHAPES,
     official_clip_shapes,
 )
-from zoo.convert.rules import rename_key, rename_state_dict
+from zoo.io.convert.rules import rename_key, rename_state_dict
 
 # v1 modes: view size -> tokens per view (paper, Table 1 / official config.py).
 V1_VIEW_TOKENS = {512: 64, 640: 100, 1024: 256, 1280: 400}

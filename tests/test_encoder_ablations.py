@@ -9,7 +9,7 @@ import torch
 from encoders.cross_attention_queries import CrossAttentionQueriesEncoder
 from encoders.interventions import INTERVENTIONS, Intervention
 from tests.conftest import compose_train
-from zoo.build import build_model
+from zoo.model.build import build_model
 from zoo.registry import create_encoder
 from zoo.run_setup import make_processor, model_config
 
@@ -210,7 +210,7 @@ INTERVENTION_EXPERIMENTS = [f"intervention_{name}" for name in INTERVENTIONS]
 
 @pytest.mark.parametrize("experiment", sorted(NEW_MODULE_PARAMETER))
 def test_experiment_builds_tiny_and_trains_a_step(experiment):
-    from lightning_modules.synthetic_pages import render_page
+    from zoo.data.layout_engine import render_page
 
     cfg = compose_train([f"experiment={experiment}"])
     model = build_model(model_config(cfg))

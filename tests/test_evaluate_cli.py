@@ -26,8 +26,8 @@ from tests.test_omnidocbench import (
     OFFICIAL_ENGLISH_PAGES,
     assert_figures,
 )
+from zoo.eval.omnidocbench import GroundTruthError
 from zoo.evaluate import evaluate
-from zoo.omnidocbench import GroundTruthError
 
 METRICS_JSON_KEYS = {
     "text_edit", "formula_edit", "table_teds", "table_teds_structure", "table_edit",

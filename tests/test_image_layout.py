@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zoo.image_layout import assemble_image_embeddings, num_image_tokens
-from zoo.preprocessing import VIEW_MODES, get_view_mode, select_crop_grid
+from zoo.inputs.image_layout import assemble_image_embeddings, num_image_tokens
+from zoo.inputs.preprocessing import VIEW_MODES, get_view_mode, select_crop_grid
 
 SEP, NL = -1.0, -2.0
 PAGE_SIZES = [(300, 200), (640, 640), (768, 768), (1654, 2339), (2667, 1500), (800, 3000)]

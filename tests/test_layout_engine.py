@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from lightning_modules.page_markdown import blocks_markdown, grounded_markdown
-from lightning_modules.synthetic_pages import DENSE_STYLE, LayoutStyle, plan_page, render_page
-from zoo.omnidocbench import match_page, page_records, parse_ground_truth, summarize
+from zoo.data.layout_engine import DENSE_STYLE, LayoutStyle, plan_page, render_page
+from zoo.data.page_markdown import blocks_markdown, grounded_markdown
+from zoo.eval.omnidocbench import match_page, page_records, parse_ground_truth, summarize
 
 UNORDERED = {"header", "footer", "page_number"}
 

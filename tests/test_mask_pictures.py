@@ -1,4 +1,4 @@
-"""``python -m zoo.masks show``: the ASCII grid is the compiled mask, the PNG is written and
+"""``python -m zoo.mask_pictures show``: the ASCII grid is the compiled mask, the PNG is written and
 coloured by segment, for every registered mask and for a packed multi-view page."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from matplotlib import colors
 from PIL import Image
 
 from masks import dense_mask
-from zoo.masks import SEGMENT_COLOURS, ascii_grid, main, page_layout, parse_mask_arguments
+from zoo.mask_pictures import SEGMENT_COLOURS, ascii_grid, main, page_layout, parse_mask_arguments
 from zoo.registry import MASKS, create_mask
 
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import compose_train
-from zoo.build import ComponentMismatchError, build_model
+from zoo.model.build import ComponentMismatchError, build_model
 from zoo.run_setup import make_processor, model_config
 
 

@@ -1,5 +1,5 @@
-"""zoo.ocr and zoo.grounding: the grounding format of the official models, and the OCR command
-on images, folders and PDFs with a tiny untrained model (its text is gibberish; the plumbing
+"""zoo.ocr and zoo.inputs.grounding: the grounding format of the official models, and the OCR
+command on images, folders and PDFs with a tiny untrained model (its text is gibberish; the plumbing
 is what is tested)."""
 
 from __future__ import annotations
@@ -10,9 +10,16 @@ import lightning as L
 import pytest
 from PIL import Image, ImageDraw
 
-from lightning_modules.predict_module import PROMPT_PRESETS, load_inference_model, resolve_prompt
 from tests.conftest import compose_train
-from zoo.grounding import GroundedBlock, draw_grounding, parse_grounding, strip_grounding, to_pixels
+from zoo.inputs.grounding import (
+    GroundedBlock,
+    draw_grounding,
+    parse_grounding,
+    strip_grounding,
+    to_pixels,
+)
+from zoo.inputs.prompts import PROMPT_PRESETS, resolve_prompt
+from zoo.model.inference import load_inference_model
 from zoo.ocr import main, parse_args, pdf_pages
 from zoo.run_setup import make_module
 

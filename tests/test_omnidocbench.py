@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo.evaluate_predictions import format_table, score_predictions, write_metrics
-from zoo.omnidocbench import (
+from zoo.eval.omnidocbench import (
     PAGE_TYPES,
     GroundTruthError,
     load_ground_truth,
@@ -29,6 +28,7 @@ from zoo.omnidocbench import (
     split_markdown,
     teds,
 )
+from zoo.eval.predictions import format_table, score_predictions, write_metrics
 
 TOLERANCE = 1e-3
 DEMO = "omnidocbench_demo"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from zoo.preprocessing import (
+from zoo.inputs.preprocessing import (
     PAD_COLOR,
     VIEW_MODES,
     ImageBatch,

@@ -23,7 +23,7 @@ from encoders.causal_flow import MaskedTransformer
 from encoders.clip import ClipOverFeatureMap
 from encoders.sam import SamViTB
 from tests.conftest import compose_train
-from zoo.convert.pretrained_parts import (
+from zoo.io.convert.pretrained_parts import (
     SAM_PARTS_NOT_IN_SAM,
     clip_from_checkpoint,
     clip_from_transformers,
@@ -31,7 +31,8 @@ from zoo.convert.pretrained_parts import (
     sam_from_checkpoint,
     sam_from_transformers,
 )
-from zoo.init_weights import InitError, initialize, load_checked
+from zoo.io.init_weights import initialize
+from zoo.io.tensors import InitError, load_checked
 from zoo.run_setup import make_module
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from zoo.image_layout import num_image_tokens
-from zoo.processor import IGNORE_INDEX, OCRProcessor
-from zoo.tokenizer import ByteTokenizer
+from zoo.inputs.image_layout import num_image_tokens
+from zoo.inputs.processor import IGNORE_INDEX, OCRProcessor
+from zoo.inputs.text_tokenizer import ByteTokenizer
 
 TINY_V2 = {"name": "v2", "global_size": 256, "local_size": 192}
 

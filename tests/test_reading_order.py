@@ -8,17 +8,17 @@ import pytest
 from PIL import Image
 
 from tests.test_omnidocbench import DEMO, GT_FILE
-from zoo.evaluate_predictions import score_predictions
-from zoo.omnidocbench import load_ground_truth
-from zoo.reading_order import (
+from zoo.eval.omnidocbench import load_ground_truth
+from zoo.eval.predictions import score_predictions
+from zoo.eval.reading_order_pictures import (
     OTHER_STEP_COLOUR,
     SAME_STEP_COLOUR,
     boxes_by_order,
     draw_pages,
     draw_reading_order,
-    main,
     page_reading_orders,
 )
+from zoo.reading_order import main
 
 # A colorful_textbook page whose predicted order differs much from the ground truth.
 SHUFFLED_PAGE = "jiaocaineedrop_jiaocai_needrop_en_3361"

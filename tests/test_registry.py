@@ -89,7 +89,7 @@ def test_plugin_module_from_config(plugin_module):
 def test_plugin_entry_point(plugin_module, monkeypatch):
     point = EntryPoint("mine", plugin_module, registry.PLUGIN_ENTRY_POINT_GROUP)
     monkeypatch.setattr(registry, "entry_points", lambda group: [point])
-    monkeypatch.setattr(registry, "_builtins_loaded", False)
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
     assert "plugin_encoder" in ENCODERS.names()
 
 

@@ -25,14 +25,14 @@ from zoo.bench.models import (
     reduced_decoder,
     transformers_pixels,
 )
-from zoo.build import build_model
-from zoo.checkpoint import WEIGHTS_FILE, CheckpointFormatError, read_build_config
-from zoo.convert.deepseek_ocr2_vision import OFFICIAL_V2_VISION_SHAPES
-from zoo.convert.deepseek_ocr_vision import official_clip_shapes, official_sam_shapes
-from zoo.convert.official_checkpoint import build_config_from_official, official_to_zoo_tensors
-from zoo.convert.transformers_checkpoint import transformers_config
-from zoo.init_weights import InitError
-from zoo.preprocessing import get_view_mode
+from zoo.inputs.preprocessing import get_view_mode
+from zoo.io.convert.deepseek_ocr2_vision import OFFICIAL_V2_VISION_SHAPES
+from zoo.io.convert.deepseek_ocr_vision import official_clip_shapes, official_sam_shapes
+from zoo.io.convert.official_checkpoint import build_config_from_official, official_to_zoo_tensors
+from zoo.io.convert.transformers_checkpoint import transformers_config
+from zoo.io.folder import WEIGHTS_FILE, CheckpointFormatError, read_build_config
+from zoo.io.tensors import InitError
+from zoo.model.build import build_model
 from zoo.run_setup import model_config
 
 TOLERANCE = 1e-4
@@ -386,7 +386,7 @@ def write_tokenizer(folder, vocab_size: int, image_id: int) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from zoo.tokenizer import BOS_TOKEN, EOS_TOKEN, IMAGE_TOKEN
+    from zoo.inputs.text_tokenizer import BOS_TOKEN, EOS_TOKEN, IMAGE_TOKEN
 
     special = {BOS_TOKEN: 0, EOS_TOKEN: 1, "<unk>": 2, IMAGE_TOKEN: image_id}
     words = (f"w{i}" for i in range(vocab_size))

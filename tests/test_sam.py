@@ -25,8 +25,8 @@ from encoders.sam import (
     resize_positions,
 )
 from zoo.bench.measure import peak_tensor_bytes
-from zoo.convert.deepseek_ocr2_vision import TRANSFORMERS_FROM_SAM
-from zoo.convert.rules import rename_state_dict
+from zoo.io.convert.deepseek_ocr2_vision import TRANSFORMERS_FROM_SAM
+from zoo.io.convert.rules import rename_state_dict
 from zoo.registry import create_encoder
 
 # One windowed and one global block; real patch size, window and view sizes.

@@ -10,12 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from lightning_modules.synthetic_pages import synthetic_corpus
 from tests.conftest import compose_train
-from zoo.build import ComponentMismatchError, build_model
-from zoo.processor import IGNORE_INDEX, OCRProcessor
-from zoo.run_setup import make_processor, model_config
-from zoo.tokenizer import (
+from zoo.data.layout_engine import synthetic_corpus
+from zoo.inputs.processor import IGNORE_INDEX, OCRProcessor
+from zoo.inputs.text_tokenizer import (
     BOS_TOKEN,
     GROUNDING_TOKEN,
     BPETokenizer,
@@ -23,6 +21,8 @@ from zoo.tokenizer import (
     cache_dir,
     load_tokenizer,
 )
+from zoo.model.build import ComponentMismatchError, build_model
+from zoo.run_setup import make_processor, model_config
 
 SMALL_BPE = {"kind": "bpe", "vocab_size": 600, "corpus_pages": 40}
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown."

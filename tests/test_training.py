@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lightning_modules.ocr_module import prompts_of
-from lightning_modules.synthetic_pages import render_page
 from tests.conftest import compose_train
+from zoo.data.layout_engine import render_page
 from zoo.run_setup import make_module, make_processor
 from zoo.train import train
 

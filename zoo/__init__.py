@@ -32,10 +32,10 @@ __all__ = [
 
 
 _LAZY = {
-    "build_model": "zoo.build",
-    "from_pretrained": "zoo.checkpoint",
-    "load_processor": "zoo.checkpoint",
-    "save_pretrained": "zoo.checkpoint",
+    "build_model": "zoo.model.build",
+    "from_pretrained": "zoo.io.load",
+    "load_processor": "zoo.io.load",
+    "save_pretrained": "zoo.io.save",
 }
 
 

@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from zoo.omnidocbench import METRIC_KEYS, PAGE_TYPES  # noqa: E402
+from zoo.eval.omnidocbench import METRIC_KEYS, PAGE_TYPES  # noqa: E402
 
 METRICS = ("overall", "text_edit", "formula_cdm", *METRIC_KEYS[1:])
 LOWER_IS_BETTER = {"text_edit", "formula_edit", "table_edit", "reading_order_edit"}

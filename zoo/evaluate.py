@@ -26,17 +26,13 @@ import hydra
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from lightning_modules.omnidocbench_datamodule import find_ground_truth, prediction_dataset
-from lightning_modules.page_data import ImagePredictionDataset, collate_predictions
-from lightning_modules.predict_module import (
-    MarkdownWriter,
-    OCRPredictModule,
-    load_inference_model,
-    markdown_path,
-)
-from zoo.build import to_plain
-from zoo.evaluate_predictions import format_table, score_predictions, write_metrics
-from zoo.reading_order import draw_pages
+from lightning_modules.predict_module import MarkdownWriter, OCRPredictModule, markdown_path
+from zoo.data.omnidocbench_pages import find_ground_truth, prediction_dataset
+from zoo.data.page_datasets import ImagePredictionDataset, collate_predictions
+from zoo.eval.predictions import format_table, score_predictions, write_metrics
+from zoo.eval.reading_order_pictures import draw_pages
+from zoo.model.build import to_plain
+from zoo.model.inference import load_inference_model
 
 log = logging.getLogger(__name__)
 

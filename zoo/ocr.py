@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from lightning_modules.predict_module import load_inference_model, resolve_prompt, transcribe
-from zoo.grounding import draw_grounding, parse_grounding, strip_grounding
+from zoo.inputs.grounding import draw_grounding, parse_grounding, strip_grounding
+from zoo.inputs.prompts import resolve_prompt
+from zoo.model.inference import load_inference_model, transcribe
 
 log = logging.getLogger("zoo.ocr")
 

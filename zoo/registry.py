@@ -1,8 +1,9 @@
 """Name -> constructor registries for every swappable part of the zoo, in the manner of timm.
 
 A component module decorates its constructor with ``@register_encoder("name")`` (or decoder,
-projector, mask, datamodule); ``create_encoder("name", **kwargs)`` builds it. Built-in
-components register themselves when their package is imported; third-party packages register
+projector, mask, datamodule); ``create_encoder("name", **kwargs)`` builds it. Each registry
+imports the package of its built-in components on its first lookup (so building a model never
+imports the Lightning datamodules); third-party packages register
 through the ``deepencoder_zoo.plugins`` entry-point group or a module path passed to
 :func:`import_plugins` (the ``plugins`` list of a run config).
 """
@@ -18,7 +19,6 @@ from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-BUILTIN_PACKAGES = ("encoders", "decoders", "masks", "zoo.projectors", "lightning_modules")
 PLUGIN_ENTRY_POINT_GROUP = "deepencoder_zoo.plugins"
 
 
@@ -32,8 +32,11 @@ class UnknownComponentError(KeyError):
 class Registry:
     """One kind of component (encoder, decoder, ...): names mapped to constructors."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, builtin_package: str | None = None) -> None:
         self.kind = kind
+        # imported on the first lookup, so that a lookup imports only its own kind (building
+        # a model never imports the Lightning datamodules)
+        self.builtin_package = builtin_package
         self._constructors: dict[str, Callable[..., Any]] = {}
 
     def register(self, name: str | None = None) -> Callable[[F], F]:
@@ -53,7 +56,7 @@ class Registry:
         return decorator
 
     def get(self, name: str) -> Callable[..., Any]:
-        load_builtin_components()
+        self._load_builtins()
         try:
             return self._constructors[name]
         except KeyError:
@@ -73,7 +76,7 @@ class Registry:
 
     def names(self, pattern: str = "*") -> list[str]:
         """Registered names matching a shell-style pattern, sorted."""
-        load_builtin_components()
+        self._load_builtins()
         return sorted(n for n in self._constructors if fnmatch.fnmatch(n, pattern))
 
     def summary(self, name: str) -> str:
@@ -82,15 +85,20 @@ class Registry:
         return doc.splitlines()[0] if doc else ""
 
     def __contains__(self, name: str) -> bool:
-        load_builtin_components()
+        self._load_builtins()
         return name in self._constructors
 
+    def _load_builtins(self) -> None:
+        if self.builtin_package is not None:
+            importlib.import_module(self.builtin_package)
+        load_plugin_entry_points()
 
-ENCODERS = Registry("encoder")
-DECODERS = Registry("decoder")
-PROJECTORS = Registry("projector")
-MASKS = Registry("mask")
-DATAMODULES = Registry("datamodule")
+
+ENCODERS = Registry("encoder", "encoders")
+DECODERS = Registry("decoder", "decoders")
+PROJECTORS = Registry("projector", "zoo.model.projectors")
+MASKS = Registry("mask", "masks")
+DATAMODULES = Registry("datamodule", "lightning_modules")
 REGISTRIES = {r.kind: r for r in (ENCODERS, DECODERS, PROJECTORS, MASKS, DATAMODULES)}
 
 register_encoder = ENCODERS.register
@@ -105,17 +113,15 @@ create_projector = PROJECTORS.create
 create_mask = MASKS.create
 create_datamodule = DATAMODULES.create
 
-_builtins_loaded = False
+_entry_points_loaded = False
 
 
-def load_builtin_components() -> None:
-    """Import the zoo's own component packages and the installed plugins, once."""
-    global _builtins_loaded
-    if _builtins_loaded:
+def load_plugin_entry_points() -> None:
+    """Import the installed packages' plugin modules (``deepencoder_zoo.plugins``), once."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
         return
-    _builtins_loaded = True
-    for package in BUILTIN_PACKAGES:
-        importlib.import_module(package)
+    _entry_points_loaded = True
     for entry_point in entry_points(group=PLUGIN_ENTRY_POINT_GROUP):
         entry_point.load()
 

@@ -12,11 +12,11 @@ import lightning as L
 from omegaconf import DictConfig
 
 from lightning_modules.ocr_module import OCRLightningModule
-from zoo.build import BUILD_KEYS, split_name, to_plain
-from zoo.init_weights import initialize
-from zoo.processor import OCRProcessor
+from zoo.inputs.processor import OCRProcessor
+from zoo.inputs.text_tokenizer import load_tokenizer
+from zoo.io.init_weights import initialize
+from zoo.model.build import BUILD_KEYS, split_name, to_plain
 from zoo.registry import create_datamodule, import_plugins
-from zoo.tokenizer import load_tokenizer
 
 
 def make_processor(cfg: DictConfig) -> OCRProcessor:

@@ -31,7 +31,7 @@ from zoo.bench.context import BenchContext
 from zoo.bench.measure import PEAK_MEMORY_METHOD, set_threads
 
 SUITES = ("vision", "prefill", "decode", "train", "eval", "moe", "masks", "ablations", "machine")
-MODULES = {"eval": "evaluation"}
+MODULES = {"eval": "evaluation", "masks": "mask_building"}
 
 
 def run_suites(

@@ -19,7 +19,7 @@ from zoo.bench.models import (
     reduced_decoder,
     transformers_twin,
 )
-from zoo.model import OCRModel
+from zoo.model.ocr_model import OCRModel
 
 
 @dataclass

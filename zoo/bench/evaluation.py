@@ -20,7 +20,7 @@ from transformers import GenerationConfig
 from zoo.bench.context import BenchContext, comparison
 from zoo.bench.measure import Stats, peak_tensor_bytes, time_interleaved
 from zoo.bench.models import prompts, random_pages, transformers_pixels
-from zoo.preprocessing import ImageBatch
+from zoo.inputs.preprocessing import ImageBatch
 
 PAGE_SIZES = [
     (600, 800),  # no crops

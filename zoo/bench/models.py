@@ -3,7 +3,7 @@
 both are fed.
 
 The transformers model is built on the meta device and its parameters are assigned from the zoo
-state dict converted to transformers' names (``zoo.convert.transformers_checkpoint``), so the
+state dict converted to transformers' names (``zoo.io.convert.transformers_checkpoint``), so the
 pair costs one copy of the weights (plus transposed expert stacks) and any naming mistake fails
 loudly (strict load).
 """
@@ -18,11 +18,11 @@ from PIL import Image
 from torch import nn
 from transformers import DeepseekOcr2ForConditionalGeneration
 
-from zoo.build import build_model
-from zoo.convert.official_checkpoint import RELEASE_IMAGE_TOKEN_ID
-from zoo.convert.transformers_checkpoint import transformers_config, transformers_state_dict
-from zoo.model import OCRModel
-from zoo.preprocessing import ImageBatch
+from zoo.inputs.preprocessing import ImageBatch
+from zoo.io.convert.official_checkpoint import RELEASE_IMAGE_TOKEN_ID
+from zoo.io.convert.transformers_checkpoint import transformers_config, transformers_state_dict
+from zoo.model.build import build_model
+from zoo.model.ocr_model import OCRModel
 
 TINY_SAM: dict[str, Any] = {
     "name": "sam_vitb",

@@ -10,7 +10,7 @@ from typing import Any
 from zoo.bench.context import BenchContext, comparison
 from zoo.bench.measure import Stats, peak_tensor_bytes, time_interleaved
 from zoo.bench.models import prompts, random_pages, transformers_pixels
-from zoo.processor import IGNORE_INDEX
+from zoo.inputs.processor import IGNORE_INDEX
 
 PAGE = (640, 640)  # fits one 1024 view: no crops
 ANSWER_TOKENS = 64

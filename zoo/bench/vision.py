@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from zoo.bench.context import BenchContext, comparison
 from zoo.bench.measure import Stats, peak_tensor_bytes, time_interleaved
 from zoo.bench.models import random_pages, transformers_pixels
-from zoo.preprocessing import ImageBatch
+from zoo.inputs.preprocessing import ImageBatch
 
 SIX_CROP_PAGE = (1536, 1024)  # aspect 3:2 -> a 3 x 2 grid of 768 crops
 

@@ -3,7 +3,7 @@
 The zoo's :class:`encoders.causal_flow.CausalFlowEncoder` holds the SAM tokenizer as
 ``tokenizer.`` (official SAM module names), the Qwen2-shaped encoder as ``lm.`` (Qwen2 module
 names) and one learnable query set per view size as ``queries.<view size>``. Rules here are
-relative to that encoder's root; a caller re-roots them with :func:`zoo.convert.rules.prefixed`.
+relative to that encoder's root; a caller re-roots them with :func:`zoo.io.convert.rules.prefixed`.
 
 Each layout is one list of (other name, zoo name) templates; the rules of both directions are
 derived from it. A template matches a name prefix, ``{i}``/``{n}`` stand for integers, and the
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from zoo.convert.deepseek_ocr_vision import official_sam_shapes
-from zoo.convert.rules import prefixed, template_rules
+from zoo.io.convert.deepseek_ocr_vision import official_sam_shapes
+from zoo.io.convert.rules import prefixed, template_rules
 
 OFFICIAL_PREFIX = "model."
 TRANSFORMERS_PREFIX = "model.vision_tower."

@@ -1,8 +1,9 @@
-"""``python -m zoo.masks show NAME``: a registered attention mask as a picture and an ASCII grid.
+"""``python -m zoo.mask_pictures show NAME``: a registered attention mask as a picture and an
+ASCII grid.
 
-    python -m zoo.masks show causal_flow --visual 6 --queries 6
-    python -m zoo.masks show causal_flow --views 3 --out page.png   # a packed multi-crop page
-    python -m zoo.masks show windowed_queries --arg window=3
+    python -m zoo.mask_pictures show causal_flow --visual 6 --queries 6
+    python -m zoo.mask_pictures show causal_flow --views 3 --out page.png  # packed multi-crop page
+    python -m zoo.mask_pictures show windowed_queries --arg window=3
 
 The picture is drawn in the manner of the DeepSeek-OCR 2 paper's Figure 5: rows are attending
 tokens, columns attended tokens, an allowed cell is coloured by the segment of the attended
@@ -137,7 +138,9 @@ def parse_mask_arguments(pairs: list[str]) -> dict[str, int | float | str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m zoo.masks", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m zoo.mask_pictures", description=__doc__.split("\n")[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser("show", help="draw a registered mask and print it as text")
     show.add_argument("name", help=f"a registered mask: {', '.join(MASKS.names())}")

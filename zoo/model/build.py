@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from encoders.base import VisionEncoder
-from zoo.model import OCRModel
-from zoo.preprocessing import ViewMode, get_view_mode
+from zoo.inputs.preprocessing import ViewMode, get_view_mode
+from zoo.inputs.text_tokenizer import Tokenizer, load_tokenizer
+from zoo.model.ocr_model import OCRModel
 from zoo.registry import create_decoder, create_encoder, create_projector, import_plugins
-from zoo.tokenizer import Tokenizer, load_tokenizer
 
 
 def to_plain(cfg: Any) -> Any:
-    """A resolved plain-Python copy of a (possibly OmegaConf) config node."""
-    if isinstance(cfg, DictConfig) or OmegaConf.is_list(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
+    """A resolved plain-Python copy of a (possibly OmegaConf) config node.
+
+    OmegaConf is looked up, not imported: a node of it exists only once a caller imported it,
+    and loading a model stays free of the Hydra stack."""
+    omegaconf = sys.modules.get("omegaconf")
+    if omegaconf is not None and isinstance(cfg, omegaconf.DictConfig | omegaconf.ListConfig):
+        return omegaconf.OmegaConf.to_container(cfg, resolve=True)
     return cfg
 
 
@@ -43,8 +46,8 @@ def build_model(cfg: Mapping[str, Any], tokenizer: Tokenizer | None = None) -> O
     ``cfg`` holds the nodes ``encoder``, ``projector``, ``decoder`` (each a registry ``name`` plus
     keyword arguments), ``model`` (``image_mode``: a view-mode name or mapping; optionally
     ``image_token_id``, which a configured tokenizer must agree with) and optionally
-    ``tokenizer`` (see :func:`zoo.tokenizer.load_tokenizer`) and ``plugins`` (modules to import
-    first, so user components register).
+    ``tokenizer`` (see :func:`zoo.inputs.text_tokenizer.load_tokenizer`) and ``plugins``
+    (modules to import first, so user components register).
     """
     import_plugins(to_plain(cfg.get("plugins")) or [])
     tokenizer_given = tokenizer is not None or bool(cfg.get("tokenizer"))

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from zoo.convert.rules import RenameRule, rename_key
+from zoo.io.convert.rules import RenameRule, rename_key
 
 # Keys that differ only by prefix (relative to a layout's decoder root), and the router rename.
 _SAME_NAME = RenameRule(

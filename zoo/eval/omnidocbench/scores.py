@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from statistics import fmean
 
-from zoo.omnidocbench.distance import edit_distance
-from zoo.omnidocbench.ground_truth import PAGE_TYPES
-from zoo.omnidocbench.markdown_blocks import FORMULA, INLINE_FORMULA
-from zoo.omnidocbench.matching import MatchedPair, TablePair
-from zoo.omnidocbench.normalize import clean_text, latex_to_unicode, normalize_table_html
-from zoo.omnidocbench.pages import PageMatches
-from zoo.omnidocbench.teds import teds
+from zoo.eval.omnidocbench.distance import edit_distance
+from zoo.eval.omnidocbench.ground_truth import PAGE_TYPES
+from zoo.eval.omnidocbench.markdown_blocks import FORMULA, INLINE_FORMULA
+from zoo.eval.omnidocbench.matching import MatchedPair, TablePair
+from zoo.eval.omnidocbench.normalize import clean_text, latex_to_unicode, normalize_table_html
+from zoo.eval.omnidocbench.pages import PageMatches
+from zoo.eval.omnidocbench.teds import teds
 
 METRIC_KEYS = (
     "text_edit",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from apted import APTED, Config
 from lxml import html as lxml_html
 
-from zoo.omnidocbench.distance import normalized_edit_distance
+from zoo.eval.omnidocbench.distance import normalized_edit_distance
 
 _PARSER = lxml_html.HTMLParser(remove_comments=True, encoding="utf-8")
 

@@ -3,8 +3,8 @@
 A released folder holds ``config.json`` (``model_type: deepseek_vl_v2``; the vision tower named
 by ``vision_config.model_name``: ``deeplip_b_l`` for v1, ``deepencoderv2`` for v2) and
 safetensors whose names are rooted at ``model.`` (plus ``lm_head``). This module translates
-both halves: the config to and from a :func:`zoo.build.build_model` config, and whole-model
-tensor names to and from an :class:`zoo.model.OCRModel`'s.
+both halves: the config to and from a :func:`zoo.model.build.build_model` config, and whole-model
+tensor names to and from an :class:`zoo.model.ocr_model.OCRModel`'s.
 
 The official code reads only some config fields and hard-codes the rest (the v2 release's
 config even says ``downsample_channels: [512, 1024]`` while its ``net_3`` has 896 outputs: the
@@ -28,19 +28,19 @@ from encoders.causal_flow import CausalFlowEncoder
 from encoders.clip import ClipOverFeatureMap
 from encoders.deepencoder import DEFAULT_TOKENIZER as V1_TOKENIZER
 from encoders.sam import SamViTB
-from zoo.convert.deepseek_decoder import (
+from zoo.io.convert.deepseek_decoder import (
     is_decoder_key,
     official_config_to_kwargs,
     official_to_zoo,
     zoo_to_official,
 )
-from zoo.convert.deepseek_ocr2_vision import CAUSAL_FLOW_FROM_OFFICIAL, OFFICIAL_FROM_CAUSAL_FLOW
-from zoo.convert.deepseek_ocr_vision import (
+from zoo.io.convert.deepseek_ocr2_vision import CAUSAL_FLOW_FROM_OFFICIAL, OFFICIAL_FROM_CAUSAL_FLOW
+from zoo.io.convert.deepseek_ocr_vision import (
     DEEPENCODER_FROM_OFFICIAL_V1,
     OFFICIAL_CLIP_PREFIX,
     OFFICIAL_V1_FROM_DEEPENCODER,
 )
-from zoo.convert.rules import prefixed, rename_key, template_rules
+from zoo.io.convert.rules import prefixed, rename_key, template_rules
 
 RELEASE_IMAGE_TOKEN_ID = 128815  # <image> in the released tokenizer; the official code fixes it
 V1_VISION = "deeplip_b_l"
@@ -271,7 +271,7 @@ def official_config(build: Mapping[str, Any], image_token_id: int) -> dict[str, 
 
 def language_config(decoder: Mapping[str, Any]) -> dict[str, Any]:
     """An official ``language_config`` of a ``deepseek_moe`` decoder config (the inverse of
-    :func:`zoo.convert.deepseek_decoder.official_config_to_kwargs`)."""
+    :func:`zoo.io.convert.deepseek_decoder.official_config_to_kwargs`)."""
     kwargs = resolved_kwargs(DeepseekMoEDecoder, decoder)
     mla = kwargs.pop("mla") or {}
     use_mla = kwargs.pop("attention") == "mla"

@@ -190,7 +190,7 @@ class BPETokenizer:
         """The BPE trained on ``corpus_pages`` synthetic pages, trained on first use and then
         read from the cache; the file name carries a fingerprint of the corpus, so a changed
         layout engine trains a new one."""
-        from lightning_modules.synthetic_pages import synthetic_corpus
+        from zoo.data.layout_engine import synthetic_corpus
 
         fingerprint = hashlib.sha1("\n".join(synthetic_corpus(8)).encode()).hexdigest()[:12]
         path = cache_dir(directory) / f"bpe-{vocab_size}-{corpus_pages}-{fingerprint}.json"

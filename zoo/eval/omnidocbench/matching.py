@@ -30,14 +30,14 @@ import numpy as np
 from bs4 import BeautifulSoup
 from scipy.optimize import linear_sum_assignment
 
-from zoo.omnidocbench.distance import (
+from zoo.eval.omnidocbench.distance import (
     edit_distance_matrix,
     has_close_window,
     normalized_edit_distance,
 )
-from zoo.omnidocbench.ground_truth import FORMULA_CATEGORY, IGNORED_CATEGORIES
-from zoo.omnidocbench.markdown_blocks import FORMULA, INLINE_FORMULA, TEXT, Block
-from zoo.omnidocbench.normalize import normalize_formula, normalize_text
+from zoo.eval.omnidocbench.ground_truth import FORMULA_CATEGORY, IGNORED_CATEGORIES
+from zoo.eval.omnidocbench.markdown_blocks import FORMULA, INLINE_FORMULA, TEXT, Block
+from zoo.eval.omnidocbench.normalize import normalize_formula, normalize_text
 
 CLOSE = 0.25  # a prediction this close to a block is taken as that block
 UNMATCHED = 0.7  # an assigned pair farther apart than this is undone

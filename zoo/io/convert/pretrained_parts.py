@@ -21,9 +21,9 @@ from collections.abc import Mapping
 
 import torch
 
-from zoo.convert.deepseek_ocr2_vision import SAM_FROM_TRANSFORMERS
-from zoo.convert.deepseek_ocr_vision import CLIP_FROM_OFFICIAL
-from zoo.convert.rules import RenameRule, rename_state_dict, template_rules
+from zoo.io.convert.deepseek_ocr2_vision import SAM_FROM_TRANSFORMERS
+from zoo.io.convert.deepseek_ocr_vision import CLIP_FROM_OFFICIAL
+from zoo.io.convert.rules import RenameRule, rename_state_dict, template_rules
 
 # The compressor convs follow SAM's neck in the zoo tokenizer; no SAM checkpoint has them.
 SAM_PARTS_NOT_IN_SAM = ("net_2.", "net_3.")

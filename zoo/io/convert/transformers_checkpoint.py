@@ -3,7 +3,7 @@
 A folder saved by transformers holds ``config.json`` (``model_type: deepseek_ocr2``, with
 ``text_config``, ``vision_config.sam_config``/``encoder_config`` and ``image_token_id``) and
 safetensors in the released tensor names (transformers converts its stacked experts back on
-save), so its tensors load through :mod:`zoo.convert.official_checkpoint`. This module maps the
+save), so its tensors load through :mod:`zoo.io.convert.official_checkpoint`. This module maps the
 config both ways and gives the in-memory (runtime) names of a loaded transformers model, used to
 hand it a zoo model's weights for side-by-side checks.
 
@@ -14,16 +14,15 @@ MLA nor a normalised top-k router, so only models within those bounds have a tra
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DeepseekOcr2Config
 
 from decoders.deepseek_moe import DeepseekMoEDecoder
 from encoders.causal_flow import DEFAULT_QUERY_SETS, CausalFlowEncoder
-from zoo.convert.deepseek_decoder import zoo_to_transformers
-from zoo.convert.deepseek_ocr2_vision import TRANSFORMERS_FROM_CAUSAL_FLOW
-from zoo.convert.official_checkpoint import (
+from zoo.io.convert.deepseek_decoder import zoo_to_transformers
+from zoo.io.convert.deepseek_ocr2_vision import TRANSFORMERS_FROM_CAUSAL_FLOW
+from zoo.io.convert.official_checkpoint import (
     RELEASE_IMAGE_TOKEN_ID,
     ReleasedLayoutError,
     check_release_options,
@@ -31,7 +30,10 @@ from zoo.convert.official_checkpoint import (
     resolved_kwargs,
     sam_kwargs,
 )
-from zoo.convert.rules import rename_state_dict
+from zoo.io.convert.rules import rename_state_dict
+
+if TYPE_CHECKING:
+    from transformers import DeepseekOcr2Config
 
 MODEL_TYPE = "deepseek_ocr2"
 
@@ -156,6 +158,8 @@ def transformers_config(build: Mapping[str, Any], image_token_id: int) -> Deepse
     sam = sam_kwargs(encoder)
     layers = text["num_hidden_layers"]
     dense = min(text["first_k_dense_replace"], layers)
+    from transformers import DeepseekOcr2Config  # only writing this layout needs transformers
+
     config = DeepseekOcr2Config(
         text_config={
             **{key: text[zoo] for key, zoo in TEXT_KEYS},

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from zoo.omnidocbench import (
+from zoo.eval.omnidocbench import (
     METRIC_KEYS,
     PAGE_TYPES,
     load_ground_truth,

@@ -9,7 +9,7 @@ no v1 weight index ships with the project.
 
 from __future__ import annotations
 
-from zoo.convert.rules import RenameRule, prefixed, template_rules
+from zoo.io.convert.rules import RenameRule, prefixed, template_rules
 
 OFFICIAL_SAM_PREFIX = "model.sam_model."
 OFFICIAL_CLIP_PREFIX = "model.vision_model."
@@ -17,7 +17,7 @@ ZOO_TOKENIZER_PREFIX = "tokenizer."
 ZOO_CLIP_PREFIX = "clip."
 
 # Template pairs (official name prefix, zoo name prefix) relative to each part; ``{i}`` stands
-# for a block index (see :func:`zoo.convert.rules.template_rules`).
+# for a block index (see :func:`zoo.io.convert.rules.template_rules`).
 _CLIP_NAME_PAIRS = (
     ("embeddings.class_embedding", "class_embedding"),
     ("embeddings.position_embedding.weight", "position_embedding"),

@@ -15,9 +15,9 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from zoo.image_layout import num_image_tokens
-from zoo.preprocessing import ViewMode, get_view_mode, preprocess
-from zoo.tokenizer import IMAGE_TOKEN, Tokenizer
+from zoo.inputs.image_layout import num_image_tokens
+from zoo.inputs.preprocessing import ViewMode, get_view_mode, preprocess
+from zoo.inputs.text_tokenizer import IMAGE_TOKEN, Tokenizer
 
 IGNORE_INDEX = -100
 

@@ -9,7 +9,7 @@ reading order learnable and measurable.
 
 The ground truth is the OmniDocBench JSON record (``layout_dets`` with category, polygon,
 text / html / latex and reading order, ``page_info.page_attribute``) and the markdown built from
-it by :func:`lightning_modules.page_markdown.blocks_markdown`, so the two always agree. A page is
+it by :func:`zoo.data.page_markdown.blocks_markdown`, so the two always agree. A page is
 a pure function of ``(seed, index)`` and the style: every worker, rank and resumed run sees the
 same data. Layout is planned first (cheap, no pixels) and painted in one pass, so token lengths
 for bucketing come from :func:`plan_page` without rendering.
@@ -26,8 +26,8 @@ from typing import Any
 import PIL
 from PIL import Image, ImageDraw, ImageFont
 
-from lightning_modules import synthetic_content as content
-from lightning_modules.page_markdown import blocks_markdown
+from zoo.data import synthetic_content as content
+from zoo.data.page_markdown import blocks_markdown
 
 # Fonts already on the machine: the system's DejaVu, else the copy matplotlib ships, else
 # Pillow's built-in font. Nothing is downloaded.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from zoo.omnidocbench.ground_truth import (
+from zoo.eval.omnidocbench.ground_truth import (
     FORMULA_CATEGORY,
     TABLE_CATEGORY,
     TEXT_CATEGORIES,
@@ -12,8 +12,8 @@ from zoo.omnidocbench.ground_truth import (
     page_blocks_by_category,
     sort_by_order,
 )
-from zoo.omnidocbench.markdown_blocks import HTML_TABLE, LATEX_TABLE, split_markdown
-from zoo.omnidocbench.matching import (
+from zoo.eval.omnidocbench.markdown_blocks import HTML_TABLE, LATEX_TABLE, split_markdown
+from zoo.eval.omnidocbench.matching import (
     MatchedPair,
     TablePair,
     match_tables,

@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import torch
 
-from zoo.preprocessing import ViewMode, get_view_mode, select_crop_grid
+from zoo.inputs.preprocessing import ViewMode, get_view_mode, select_crop_grid
 
 # Codes of the two learned vectors in a layout template (tokens have codes >= 0).
 SEPARATOR_CODE = -1

@@ -21,9 +21,10 @@ from torch import nn
 from decoders.base import LanguageDecoder
 from decoders.generation import generate as generate_tokens
 from encoders.base import VisionEncoder
-from zoo.image_layout import assemble_image_embeddings, num_image_tokens
-from zoo.preprocessing import ImageBatch, ViewMode, get_view_mode, preprocess
-from zoo.processor import IGNORE_INDEX
+from zoo.inputs.image_layout import assemble_image_embeddings, num_image_tokens
+from zoo.inputs.preprocessing import ImageBatch, ViewMode, get_view_mode, preprocess
+from zoo.inputs.processor import IGNORE_INDEX
+from zoo.io.save import save_pretrained as save_folder
 
 ViewModeSpec = ViewMode | str | Mapping[str, object] | None
 
@@ -170,10 +171,8 @@ class OCRModel(nn.Module):
 
     def save_pretrained(self, directory: str | Path, layout: str = "zoo") -> Path:
         """Write the model to ``directory`` in ``layout`` (``zoo``, ``official`` or
-        ``transformers``; see :func:`zoo.checkpoint.save_pretrained`)."""
-        from zoo.checkpoint import save_pretrained
-
-        return save_pretrained(self, directory, layout)
+        ``transformers``; see :func:`zoo.io.save.save_pretrained`)."""
+        return save_folder(self, directory, layout)
 
     @torch.no_grad()
     def generate(

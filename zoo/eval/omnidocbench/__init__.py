@@ -2,11 +2,11 @@
 
 Read the ground truth (:func:`load_ground_truth`), match each page's predicted markdown to it
 (:func:`match_page`), then score (:func:`page_records`, :func:`summarize`).
-:func:`zoo.evaluate_predictions.score_predictions` does all of it for a folder of ``.md`` files.
+:func:`zoo.eval.predictions.score_predictions` does all of it for a folder of ``.md`` files.
 """
 
-from zoo.omnidocbench.distance import edit_distance, normalized_edit_distance
-from zoo.omnidocbench.ground_truth import (
+from zoo.eval.omnidocbench.distance import edit_distance, normalized_edit_distance
+from zoo.eval.omnidocbench.ground_truth import (
     PAGE_TYPES,
     GroundTruthError,
     GroundTruthPage,
@@ -14,11 +14,11 @@ from zoo.omnidocbench.ground_truth import (
     parse_ground_truth,
     select_pages,
 )
-from zoo.omnidocbench.markdown_blocks import Block, split_markdown
-from zoo.omnidocbench.normalize import normalize_formula, normalize_table_html, normalize_text
-from zoo.omnidocbench.pages import PageMatches, match_page
-from zoo.omnidocbench.scores import METRIC_KEYS, page_records, summarize
-from zoo.omnidocbench.teds import teds
+from zoo.eval.omnidocbench.markdown_blocks import Block, split_markdown
+from zoo.eval.omnidocbench.normalize import normalize_formula, normalize_table_html, normalize_text
+from zoo.eval.omnidocbench.pages import PageMatches, match_page
+from zoo.eval.omnidocbench.scores import METRIC_KEYS, page_records, summarize
+from zoo.eval.omnidocbench.teds import teds
 
 __all__ = [
     "METRIC_KEYS",
