@@ -1,0 +1,1 @@
+"""Page data: the synthetic layout engine and the page sources datamodules read."""

@@ -1,0 +1,1 @@
+"""Evaluation: OmniDocBench scoring of predictions, reading-order pictures."""

@@ -1,0 +1,1 @@
+"""Model inputs: view modes and preprocessing, placeholder layout, the text tokenizer, prompts, the processor, grounding tags."""
