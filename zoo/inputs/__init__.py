@@ -1,1 +1,2 @@
-"""Model inputs: view modes and preprocessing, placeholder layout, the text tokenizer, prompts, the processor, grounding tags."""
+"""Model inputs: view modes and preprocessing, the placeholder layout, the text tokenizer,
+prompts, the processor, grounding tags."""

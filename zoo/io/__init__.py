@@ -1,1 +1,2 @@
-"""Checkpoint I/O: folder layouts (zoo, released, transformers), loading, saving, weight-name conversion, run-start initialisation."""
+"""Checkpoint I/O: folder layouts (zoo, released, transformers), loading, saving, weight-name
+conversion, and the weights a run starts from."""

@@ -1,1 +1,2 @@
-"""Model assembly: ``build_model`` composes registered parts into an ``OCRModel``; projectors; inference over pages."""
+"""Model assembly: ``build_model`` composes registered parts into an ``OCRModel``; the
+projectors; inference over pages."""
