@@ -18,8 +18,9 @@ from lightning_modules.metrics import (
 )
 from lightning_modules.optim import parameter_groups, warmup_cosine
 from zoo.inputs.processor import IGNORE_INDEX, OCRProcessor
-from zoo.inputs.text_tokenizer import load_tokenizer
-from zoo.model.build import build_model, to_plain
+from zoo.inputs.text_tokenizer import load_text_tokenizer
+from zoo.model.build import build_model
+from zoo.model.config import upgrade_build_config
 
 
 def prompts_of(batch: Mapping[str, Any], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +71,7 @@ class OCRLightningModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
-            {"model_cfg": to_plain(model_cfg)}
+            {"model_cfg": upgrade_build_config(model_cfg)}
             | {
                 "lr": lr,
                 "min_lr": min_lr,
@@ -85,7 +86,7 @@ class OCRLightningModule(L.LightningModule):
                 "val_max_new_tokens": val_max_new_tokens,
             }
         )
-        tokenizer = load_tokenizer(self.hparams.model_cfg.get("tokenizer"))
+        tokenizer = load_text_tokenizer(self.hparams.model_cfg.get("text_tokenizer"))
         self.model = build_model(self.hparams.model_cfg, tokenizer=tokenizer)
         self.processor = OCRProcessor(tokenizer, image_mode=self.model.image_mode)
         self.freeze_prefixes(self.hparams.freeze)

@@ -19,7 +19,7 @@ from zoo.inputs.text_tokenizer import (
     BPETokenizer,
     ByteTokenizer,
     cache_dir,
-    load_tokenizer,
+    load_text_tokenizer,
 )
 from zoo.model.build import ComponentMismatchError, build_model
 from zoo.run_setup import make_processor, model_config
@@ -35,25 +35,25 @@ def bpe_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def bpe(bpe_cache: Path) -> BPETokenizer:
-    return load_tokenizer({**SMALL_BPE, "cache_dir": str(bpe_cache)})
+    return load_text_tokenizer({**SMALL_BPE, "cache_dir": str(bpe_cache)})
 
 
 def test_byte_tokenizer_stays_the_default() -> None:
     for spec in (None, "", {"kind": None, "path": None}, {"kind": "byte"}):
-        tokenizer = load_tokenizer(spec)
+        tokenizer = load_text_tokenizer(spec)
         assert isinstance(tokenizer, ByteTokenizer) and tokenizer.vocab_size == 261
     assert isinstance(make_processor(compose_train([])).tokenizer, ByteTokenizer)
 
 
 def test_bad_tokenizer_specs_are_named(tmp_path) -> None:
     with pytest.raises(ValueError, match="kind 'words' is unknown; valid kinds: byte, bpe"):
-        load_tokenizer({"kind": "words"})
+        load_text_tokenizer({"kind": "words"})
     with pytest.raises(ValueError, match="unknown keys \\['vocab'\\]"):
-        load_tokenizer({"kind": "bpe", "vocab": 10})
-    with pytest.raises(ValueError, match="needs tokenizer.path"):
-        load_tokenizer({"kind": "pretrained"})
+        load_text_tokenizer({"kind": "bpe", "vocab": 10})
+    with pytest.raises(ValueError, match="needs text_tokenizer.path"):
+        load_text_tokenizer({"kind": "pretrained"})
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
-        load_tokenizer(str(tmp_path / "no_such_dir"))
+        load_text_tokenizer(str(tmp_path / "no_such_dir"))
     with pytest.raises(ValueError, match="at least 261"):
         BPETokenizer.train(["text"], vocab_size=100)
 
@@ -62,7 +62,7 @@ def test_bpe_is_trained_once_and_cached(bpe, bpe_cache) -> None:
     files = list(bpe_cache.glob("bpe-600-40-*.json"))
     assert len(files) == 1
     stamp = files[0].stat().st_mtime_ns
-    again = load_tokenizer({**SMALL_BPE, "cache_dir": str(bpe_cache)})
+    again = load_text_tokenizer({**SMALL_BPE, "cache_dir": str(bpe_cache)})
     assert files[0].stat().st_mtime_ns == stamp  # read back, not retrained
     text = synthetic_corpus(1, seed=9)[0]
     assert again.encode(text) == bpe.encode(text)
@@ -106,8 +106,8 @@ def test_bpe_labels_decode_to_the_answer(bpe) -> None:
 
 
 def test_bpe_from_the_run_config(bpe_cache) -> None:
-    overrides = [f"tokenizer.{k}={v}" for k, v in SMALL_BPE.items()]
-    cfg = compose_train([*overrides, f"tokenizer.cache_dir={bpe_cache}"])
+    overrides = [f"text_tokenizer.{k}={v}" for k, v in SMALL_BPE.items()]
+    cfg = compose_train([*overrides, f"text_tokenizer.cache_dir={bpe_cache}"])
     tokenizer = make_processor(cfg).tokenizer
     assert isinstance(tokenizer, BPETokenizer)
     # the tiny decoders are sized for the byte tokenizer; a BPE run must widen decoder.vocab_size

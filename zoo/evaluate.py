@@ -31,7 +31,7 @@ from zoo.data.omnidocbench_pages import find_ground_truth, prediction_dataset
 from zoo.data.page_datasets import ImagePredictionDataset, collate_predictions
 from zoo.eval.predictions import format_table, score_predictions, write_metrics
 from zoo.eval.reading_order_pictures import draw_pages
-from zoo.model.build import to_plain
+from zoo.model.config import to_plain
 from zoo.model.inference import load_inference_model
 
 log = logging.getLogger(__name__)

@@ -13,16 +13,16 @@ from omegaconf import DictConfig
 
 from lightning_modules.ocr_module import OCRLightningModule
 from zoo.inputs.processor import OCRProcessor
-from zoo.inputs.text_tokenizer import load_tokenizer
+from zoo.inputs.text_tokenizer import load_text_tokenizer
 from zoo.io.init_weights import initialize
-from zoo.model.build import BUILD_KEYS, split_name, to_plain
+from zoo.model.config import BUILD_KEYS, split_name, to_plain
 from zoo.registry import create_datamodule, import_plugins
 
 
 def make_processor(cfg: DictConfig) -> OCRProcessor:
     """Tokenizer + image mode of the configured model."""
     return OCRProcessor(
-        load_tokenizer(to_plain(cfg.get("tokenizer"))),
+        load_text_tokenizer(to_plain(cfg.get("text_tokenizer"))),
         image_mode=to_plain(cfg.model.image_mode),
         max_answer_tokens=cfg.model.get("max_answer_tokens"),
     )

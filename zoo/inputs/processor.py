@@ -17,7 +17,7 @@ from PIL import Image
 
 from zoo.inputs.image_layout import num_image_tokens
 from zoo.inputs.preprocessing import ViewMode, get_view_mode, preprocess
-from zoo.inputs.text_tokenizer import IMAGE_TOKEN, Tokenizer
+from zoo.inputs.text_tokenizer import IMAGE_TOKEN, TextTokenizer
 
 IGNORE_INDEX = -100
 
@@ -27,7 +27,7 @@ class OCRProcessor:
 
     def __init__(
         self,
-        tokenizer: Tokenizer,
+        tokenizer: TextTokenizer,
         image_mode: ViewMode | str | Mapping[str, object] | None = None,
         max_answer_tokens: int | None = None,
     ) -> None:

@@ -23,7 +23,7 @@ EOS_TOKEN = "<｜end▁of▁sentence｜>"
 PAD_TOKEN = "<｜▁pad▁｜>"
 
 
-class Tokenizer(Protocol):
+class TextTokenizer(Protocol):
     """What the zoo needs of a tokenizer."""
 
     vocab_size: int
@@ -217,11 +217,11 @@ TOKENIZER_KINDS = ("byte", "bpe", "pretrained")
 _SPEC_KEYS = {"kind", "path", "vocab_size", "corpus_pages", "cache_dir"}
 
 
-def load_tokenizer(spec: str | Path | Mapping[str, Any] | None = None) -> Tokenizer:
+def load_text_tokenizer(spec: str | Path | Mapping[str, Any] | None = None) -> TextTokenizer:
     """The tokenizer a config asks for.
 
     ``None`` is the byte tokenizer; a path is the pretrained tokenizer in that folder; a mapping
-    (the run config's ``tokenizer`` node) has ``kind`` (byte | bpe | pretrained; null means
+    (the run config's ``text_tokenizer`` node) has ``kind`` (byte | bpe | pretrained; null means
     pretrained when ``path`` is set, else byte), ``path``, and for bpe ``vocab_size``,
     ``corpus_pages`` and ``cache_dir``.
     """
@@ -232,7 +232,7 @@ def load_tokenizer(spec: str | Path | Mapping[str, Any] | None = None) -> Tokeni
     unknown = set(spec) - _SPEC_KEYS
     if unknown:
         raise ValueError(
-            f"tokenizer config: unknown keys {sorted(unknown)}; valid: {sorted(_SPEC_KEYS)}"
+            f"text_tokenizer config: unknown keys {sorted(unknown)}; valid: {sorted(_SPEC_KEYS)}"
         )
     path = spec.get("path")
     kind = spec.get("kind") or ("pretrained" if path else "byte")
@@ -240,7 +240,9 @@ def load_tokenizer(spec: str | Path | Mapping[str, Any] | None = None) -> Tokeni
         return ByteTokenizer()
     if kind == "pretrained":
         if not path:
-            raise ValueError("tokenizer kind 'pretrained' needs tokenizer.path (a local folder)")
+            raise ValueError(
+                "tokenizer kind 'pretrained' needs text_tokenizer.path (a local folder)"
+            )
         return PretrainedTokenizer(path)
     if kind == "bpe":
         return BPETokenizer.cached(

@@ -26,6 +26,7 @@ from zoo.io.convert.official_checkpoint import (
 )
 from zoo.io.convert.transformers_checkpoint import MODEL_TYPE as TRANSFORMERS_MODEL_TYPE
 from zoo.io.convert.transformers_checkpoint import build_config_from_transformers
+from zoo.model.config import upgrade_build_config
 
 CONFIG_FILE = "zoo_config.json"
 RELEASED_CONFIG_FILE = "config.json"
@@ -77,7 +78,7 @@ def read_build_config(directory: str | Path) -> dict[str, Any]:
     source = str(Path(directory) / (CONFIG_FILE if layout == "zoo" else RELEASED_CONFIG_FILE))
     try:
         if layout == "zoo":
-            return config["build"]
+            return upgrade_build_config(config["build"])
         if layout == "official":
             return build_config_from_official(config, source)
         return build_config_from_transformers(config, source)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from zoo.inputs.processor import OCRProcessor
-from zoo.inputs.text_tokenizer import PretrainedTokenizer, load_tokenizer
+from zoo.inputs.text_tokenizer import PretrainedTokenizer, load_text_tokenizer
 from zoo.io.convert.official_checkpoint import ReleasedLayoutError, official_to_zoo_tensors
 from zoo.io.folder import (
     TOKENIZER_FILES,
@@ -64,9 +64,12 @@ def from_pretrained(
         if tensor.is_floating_point() and tensor.dtype != dtype:
             tensors[name] = tensor.to(dtype)
     tokenizer = _folder_tokenizer(directory)
-    if tokenizer is not None and not build.get("tokenizer"):
+    if tokenizer is not None and not build.get("text_tokenizer"):
         # recorded, so that saving the model again carries the tokenizer files along
-        build = {**build, "tokenizer": {"kind": "pretrained", "path": str(directory.resolve())}}
+        build = {
+            **build,
+            "text_tokenizer": {"kind": "pretrained", "path": str(directory.resolve())},
+        }
     with torch.device("meta"):
         model = build_model(build, tokenizer=tokenizer)
     load_checked(model, tensors, str(directory), assign=True)
@@ -91,7 +94,7 @@ def load_processor(path: str | Path) -> OCRProcessor:
     the tokenizer its config names; the model's view mode."""
     directory = Path(path)
     build = read_build_config(directory)
-    tokenizer = _folder_tokenizer(directory) or load_tokenizer(build.get("tokenizer"))
+    tokenizer = _folder_tokenizer(directory) or load_text_tokenizer(build.get("text_tokenizer"))
     model_cfg = build.get("model") or {}
     expected = model_cfg.get("image_token_id", tokenizer.image_id)
     if tokenizer.image_id != expected:

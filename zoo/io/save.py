@@ -59,7 +59,7 @@ def save_pretrained(model: OCRModel, directory: str | Path, layout: str = "zoo")
     save_file(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt"})
     config_file = CONFIG_FILE if layout == "zoo" else RELEASED_CONFIG_FILE
     (directory / config_file).write_text(config_text)
-    _copy_tokenizer_files(build.get("tokenizer"), directory)
+    _copy_tokenizer_files(build.get("text_tokenizer"), directory)
     return directory
 
 

@@ -2,57 +2,34 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 from encoders.base import VisionEncoder
 from zoo.inputs.preprocessing import ViewMode, get_view_mode
-from zoo.inputs.text_tokenizer import Tokenizer, load_tokenizer
+from zoo.inputs.text_tokenizer import TextTokenizer, load_text_tokenizer
+from zoo.model.config import BUILD_KEYS, split_name, to_plain
 from zoo.model.ocr_model import OCRModel
 from zoo.registry import create_decoder, create_encoder, create_projector, import_plugins
-
-
-def to_plain(cfg: Any) -> Any:
-    """A resolved plain-Python copy of a (possibly OmegaConf) config node.
-
-    OmegaConf is looked up, not imported: a node of it exists only once a caller imported it,
-    and loading a model stays free of the Hydra stack."""
-    omegaconf = sys.modules.get("omegaconf")
-    if omegaconf is not None and isinstance(cfg, omegaconf.DictConfig | omegaconf.ListConfig):
-        return omegaconf.OmegaConf.to_container(cfg, resolve=True)
-    return cfg
-
-
-def split_name(node: Mapping[str, Any], kind: str) -> tuple[str, dict[str, Any]]:
-    """``{"name": n, **kwargs}`` -> ``(n, kwargs)``, with a clear error when the name is missing."""
-    node = dict(to_plain(node))
-    if "name" not in node:
-        raise ValueError(f"the {kind} config needs a 'name' key; got keys {sorted(node)}")
-    return node.pop("name"), node
-
-
-# The config nodes build_model reads.
-BUILD_KEYS = ("encoder", "projector", "decoder", "model", "tokenizer", "plugins")
 
 
 class ComponentMismatchError(ValueError):
     """Two composed parts disagree on a size."""
 
 
-def build_model(cfg: Mapping[str, Any], tokenizer: Tokenizer | None = None) -> OCRModel:
+def build_model(cfg: Mapping[str, Any], tokenizer: TextTokenizer | None = None) -> OCRModel:
     """Build encoder, projector and decoder from ``cfg`` and compose them.
 
     ``cfg`` holds the nodes ``encoder``, ``projector``, ``decoder`` (each a registry ``name`` plus
     keyword arguments), ``model`` (``image_mode``: a view-mode name or mapping; optionally
     ``image_token_id``, which a configured tokenizer must agree with) and optionally
-    ``tokenizer`` (see :func:`zoo.inputs.text_tokenizer.load_tokenizer`) and ``plugins``
+    ``text_tokenizer`` (see :func:`zoo.inputs.text_tokenizer.load_text_tokenizer`) and ``plugins``
     (modules to import first, so user components register).
     """
     import_plugins(to_plain(cfg.get("plugins")) or [])
-    tokenizer_given = tokenizer is not None or bool(cfg.get("tokenizer"))
+    tokenizer_given = tokenizer is not None or bool(cfg.get("text_tokenizer"))
     if tokenizer is None:
-        tokenizer = load_tokenizer(to_plain(cfg.get("tokenizer")))
+        tokenizer = load_text_tokenizer(to_plain(cfg.get("text_tokenizer")))
 
     encoder_name, encoder_kwargs = split_name(cfg["encoder"], "encoder")
     decoder_name, decoder_kwargs = split_name(cfg["decoder"], "decoder")
