@@ -1,5 +1,6 @@
 """Causal self-attention of the decoders: plain multi-head (the OCR checkpoints) and DeepSeek-V2's
-multi-head latent attention (MLA), both through SDPA and both appending to a :class:`KVCache`."""
+multi-head latent attention (MLA), both on the attention core of ``zoo.layers.attention`` through
+SDPA and both appending to a :class:`KVCache`."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from decoders.kv_cache import LayerCache
-from zoo.layers import RMSNorm, ThreadedLinear, apply_rotary
+from zoo.layers.attention import GroupedQueryAttention, merge_heads, sdpa_attention, split_heads
+from zoo.layers.linear import ThreadedLinear
+from zoo.layers.norms import RMSNorm
+from zoo.layers.rotary import Rope, apply_rotary, pairs_to_halves
 
-Rope = tuple[torch.Tensor, torch.Tensor]
 ATTENTION_KINDS = ("mha", "mla")
 
 
@@ -44,59 +46,18 @@ def build_attention_mask(
     return allowed
 
 
-def attend(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    mask: torch.Tensor | None,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """SDPA over ``[B, H, T, D]``; ``mask=None`` means causal when there are several queries.
-
-    Only valid for masks made by :func:`build_attention_mask`, whose ``None`` carries that meaning.
-    """
-    is_causal = mask is None and query.shape[-2] > 1
-    return F.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, is_causal=is_causal, scale=scale
-    )
-
-
-class MultiHeadAttention(nn.Module):
-    """Multi-head attention with rotary positions and no biases, as in DeepSeek-OCR's decoder."""
+class MultiHeadAttention(GroupedQueryAttention):
+    """Multi-head attention with rotary positions and no biases, as in DeepSeek-OCR's decoder;
+    its masks are :func:`build_attention_mask`'s (``None``: causal)."""
 
     def __init__(self, hidden_size: int, num_heads: int, head_dim: int | None = None) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = head_dim or hidden_size // num_heads
+        super().__init__(hidden_size, num_heads, head_dim=head_dim)
         self.rope_dim = self.head_dim
-        width = num_heads * self.head_dim
-        self.q_proj = ThreadedLinear(hidden_size, width, bias=False)
-        self.k_proj = ThreadedLinear(hidden_size, width, bias=False)
-        self.v_proj = ThreadedLinear(hidden_size, width, bias=False)
-        self.o_proj = ThreadedLinear(width, hidden_size, bias=False)
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        rope: Rope,
-        mask: torch.Tensor | None,
-        cache: LayerCache | None = None,
+    def attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        batch, length, _ = hidden.shape
-        shape = (batch, length, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden).view(shape).transpose(1, 2)
-        key = self.k_proj(hidden).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden).view(shape).transpose(1, 2)
-        query, key = apply_rotary(query, *rope), apply_rotary(key, *rope)
-        if cache is not None:
-            key, value = cache.append(key, value)
-        out = attend(query, key, value, mask)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
-
-
-def pairs_to_halves(x: torch.Tensor) -> torch.Tensor:
-    """DeepSeek-V2 stores rotary dims as interleaved pairs; reorder them for rotate-half RoPE."""
-    return x.unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
+        return sdpa_attention(query, key, value, mask, causal=True)
 
 
 class MultiHeadLatentAttention(nn.Module):
@@ -157,9 +118,8 @@ class MultiHeadLatentAttention(nn.Module):
         mask: torch.Tensor | None,
         cache: LayerCache | None = None,
     ) -> torch.Tensor:
-        batch, length, _ = hidden.shape
-        query = self._queries(hidden).view(batch, length, self.num_heads, self.q_head_dim)
-        q_nope, q_rope = query.transpose(1, 2).split([self.nope_dim, self.rope_dim], dim=-1)
+        query = split_heads(self._queries(hidden), self.num_heads)
+        q_nope, q_rope = query.split([self.nope_dim, self.rope_dim], dim=-1)
         latent, k_rope = self.kv_a_proj_with_mqa(hidden).split(
             [self.kv_lora_rank, self.rope_dim], dim=-1
         )
@@ -173,7 +133,7 @@ class MultiHeadLatentAttention(nn.Module):
             out = self._attend_absorbed(q_nope, q_rope, latent, k_rope, mask)
         else:
             out = self._attend_expanded(q_nope, q_rope, latent, k_rope, mask)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        return self.o_proj(merge_heads(out))
 
     def _attend_expanded(
         self,
@@ -185,12 +145,12 @@ class MultiHeadLatentAttention(nn.Module):
     ) -> torch.Tensor:
         """Per-head keys/values from the latent, then ordinary SDPA: ``[B, H, T, v_head_dim]``."""
         batch, keys = latent.shape[:2]
-        kv = self.kv_b_proj(latent).view(batch, keys, self.num_heads, -1).transpose(1, 2)
+        kv = split_heads(self.kv_b_proj(latent), self.num_heads)
         k_nope, value = kv.split([self.nope_dim, self.v_head_dim], dim=-1)
         k_rope = k_rope[:, None].expand(batch, self.num_heads, keys, self.rope_dim)
         query = torch.cat((q_nope, q_rope), dim=-1)
         key = torch.cat((k_nope, k_rope), dim=-1)
-        return attend(query, key, value, mask, self.scale)
+        return sdpa_attention(query, key, value, mask, self.scale, causal=True)
 
     def _attend_absorbed(
         self,
@@ -211,9 +171,7 @@ class MultiHeadLatentAttention(nn.Module):
             mask = mask.expand(mask.shape[0], heads, length, -1).reshape(
                 mask.shape[0], 1, -1, mask.shape[-1]
             )
-        out = F.scaled_dot_product_attention(
-            query, key, latent[:, None], attn_mask=mask, scale=self.scale
-        )
+        out = sdpa_attention(query, key, latent[:, None], mask, self.scale)
         return out.view(batch, heads, length, -1) @ w_v.transpose(1, 2)
 
 

@@ -1,11 +1,17 @@
-"""The contract every language decoder of the zoo fulfils."""
+"""The contract every language decoder of the zoo fulfils.
+
+Besides ``embed`` and ``forward``, a decoder is a :class:`~zoo.model.component.Component`: it
+declares its undecayed parameters, checkpoints its layers, lists public weights it can start
+from, rebuilds its derived buffers and names the roles stages freeze.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+
+from zoo.model.component import Component
 
 
 @dataclass
@@ -21,7 +27,7 @@ class DecoderOutput:
     aux_loss: torch.Tensor | None = None
 
 
-class LanguageDecoder(nn.Module):
+class LanguageDecoder(Component):
     """A causal LM that reads embeddings, so image embeddings can be spliced in first."""
 
     hidden_size: int

@@ -21,13 +21,23 @@ from decoders.transformer import TransformerDecoder
 
 
 def ban_repeated_ngrams(
-    scores: torch.Tensor, history: torch.Tensor, valid: torch.Tensor, ngram_size: int
+    scores: torch.Tensor,
+    history: torch.Tensor,
+    valid: torch.Tensor,
+    ngram_size: int,
+    window: int | None = None,
+    exempt: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Set to -inf every token that would complete an n-gram already present in ``history``.
 
     ``history`` ``[B, L]`` holds each row's tokens so far, ``valid`` marks its real (unpadded)
     positions; n-grams touching padding are ignored, so a left-padded row behaves as unpadded.
+    ``window``: only n-grams that start among the last ``window`` tokens count (the official
+    scripts' guard, which looks back 90 tokens); ``exempt``: token ids never banned (the
+    official scripts exempt ``<td>`` and ``</td>``, which tables repeat legitimately).
     """
+    if window is not None:
+        history, valid = history[:, -window:], valid[:, -window:]
     length = history.shape[1]
     if length < ngram_size:
         return scores
@@ -39,6 +49,8 @@ def ban_repeated_ngrams(
     vocab = scores.shape[-1]
     banned = torch.zeros(scores.shape[0], vocab + 1, dtype=torch.bool, device=scores.device)
     banned.scatter_(1, torch.where(matches, windows[..., -1].clamp(max=vocab), vocab), True)
+    if exempt is not None:
+        banned[:, exempt] = False
     return scores.masked_fill(banned[:, :vocab], float("-inf"))
 
 
@@ -116,6 +128,8 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     no_repeat_ngram_size: int = 0,
+    ngram_window: int | None = None,
+    ngram_exempt_ids: Sequence[int] = (),
     prompt_ids: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -125,7 +139,9 @@ def generate(
     its later positions hold ``pad_token_id`` (default: the first eos id, else 0), and generation
     ends when every row has stopped. ``no_repeat_ngram_size`` bans n-grams over the generated
     tokens, plus the real tokens of ``prompt_ids`` ``[B, T]`` when given (transformers counts the
-    prompt when it generates from ``input_ids``).
+    prompt when it generates from ``input_ids``); ``ngram_window`` limits the ban to n-grams
+    starting among the last that many tokens and ``ngram_exempt_ids`` are never banned (see
+    :func:`ban_repeated_ngrams`).
     """
     batch, prompt_len = inputs_embeds.shape[:2]
     device = inputs_embeds.device
@@ -157,6 +173,7 @@ def generate(
     else:
         history, history_valid = prompt_ids.long(), mask.bool()
 
+    exempt = torch.tensor(list(ngram_exempt_ids), dtype=torch.long, device=device)
     extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(decoder) else {}
     out = prefill(decoder, inputs_embeds, mask)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -164,7 +181,9 @@ def generate(
     for step in range(max_new_tokens):
         scores = out.logits[:, -1].float()
         if no_repeat_ngram_size > 0:
-            scores = ban_repeated_ngrams(scores, history, history_valid, no_repeat_ngram_size)
+            scores = ban_repeated_ngrams(
+                scores, history, history_valid, no_repeat_ngram_size, ngram_window, exempt
+            )
         if do_sample:
             probs = warp_for_sampling(scores, temperature, top_k, top_p).softmax(dim=-1)
             next_tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]

@@ -12,7 +12,7 @@ from zoo.layers import ThreadedLinear
 class ColumnMajorLMHead(ThreadedLinear):
     """``nn.Linear(hidden_size, vocab_size, bias=False)`` whose ``[vocab, hidden]`` weight is
     stored column-major (``weight.t()`` is the contiguous tensor), multiplied through
-    :func:`zoo.layers.threaded_linear`.
+    :func:`zoo.layers.linear.threaded_linear`.
 
     A decode step multiplies one row by this matrix, the largest the step reads (662 MB for
     DeepSeek-3B-MoE's 129k vocabulary in fp32). The CPU BLAS streams this layout faster for one

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from decoders.attention import Rope, build_attention, build_attention_mask
+from decoders.attention import build_attention, build_attention_mask
 from decoders.base import DecoderOutput, LanguageDecoder
 from decoders.kv_cache import KVCache, LayerCache
 from decoders.lm_head import ColumnMajorLMHead
 from decoders.moe import MoEFeedForward
-from zoo.layers import RMSNorm, RotaryEmbedding, ThreadedLinear
+from zoo.layers import RMSNorm, Rope, RotaryEmbedding, ThreadedLinear
 
 
 class DecoderLayer(nn.Module):
@@ -131,6 +131,15 @@ class TransformerDecoder(LanguageDecoder):
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(input_ids)
+
+    def reset_derived_buffers(self) -> None:
+        """The rotary frequencies."""
+        super().reset_derived_buffers()
+        self.rotary.reset_derived_buffers()
+
+    def roles(self) -> dict[str, str]:
+        """``token_embedding`` and ``lm_head`` (the same table when tied)."""
+        return {**super().roles(), "token_embedding": "embed_tokens", "lm_head": "lm_head"}
 
     def forward(
         self,

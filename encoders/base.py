@@ -1,15 +1,23 @@
-"""The contract every vision encoder of the zoo fulfils."""
+"""The contract every vision encoder of the zoo fulfils.
+
+Besides ``forward`` and ``num_tokens``, an encoder is a :class:`~zoo.model.component.Component`:
+it declares its undecayed parameters, checkpoints its blocks, lists the public weights its parts
+start from, rebuilds its derived buffers and names the roles stages freeze, with defaults that
+fit an encoder without position tables, fixed buffers or named stages.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
+
+from zoo.model.component import Component
 
 
-class VisionEncoder(nn.Module):
+class VisionEncoder(Component):
     """Maps a batch of square views to one token sequence per view.
 
     ``forward(pixel_values)`` takes ``[B, 3, S, S]`` normalised pixels and returns
@@ -25,6 +33,21 @@ class VisionEncoder(nn.Module):
     def num_tokens(self, view_size: int) -> int:
         """Number of tokens ``forward`` returns for one ``view_size`` x ``view_size`` view."""
         raise NotImplementedError
+
+    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The feature map ``[B, out_dim, h, w]`` an encoder that uses this one as its vision
+        tokenizer reads (CLIP over SAM in ``deepencoder``). By default ``forward``'s row-major
+        tokens of a square grid, folded back into the grid; an encoder whose map is not square
+        or not its output overrides it."""
+        tokens = self(pixel_values)
+        batch, count, channels = tokens.shape
+        side = math.isqrt(count)
+        if side * side != count:
+            raise ValueError(
+                f"{type(self).__name__} gives {count} tokens, not a square grid, so its "
+                "feature map is unknown; override forward_features"
+            )
+        return tokens.transpose(1, 2).reshape(batch, channels, side, side)
 
 
 def create_tokenizer(spec: Mapping[str, Any]) -> VisionEncoder:

@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.flex_attention import BlockMask
 
-from encoders.attention import GroupedQueryAttention
 from encoders.base import VisionEncoder, create_tokenizer
 from masks.backends import compile_mask
 from masks.builtin import QUERY, VISUAL
-from zoo.layers import RMSNorm, RotaryEmbedding, SwiGLU
+from zoo.io.convert.pretrained_parts import qwen2_from_transformers
+from zoo.layers import GroupedQueryAttention, RMSNorm, Rope, RotaryEmbedding, SwiGLU
+from zoo.model.component import Component, WeightSource
 from zoo.registry import create_mask, register_encoder
 
 DEFAULT_TOKENIZER: dict[str, Any] = {"name": "sam_vitb", "downsample_channels": (512, 896)}
@@ -58,7 +59,7 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.input_layernorm = RMSNorm(hidden_size, rms_norm_eps)
         self.self_attn = GroupedQueryAttention(
-            hidden_size, num_heads, num_kv_heads, backend=attn_backend
+            hidden_size, num_heads, num_kv_heads, qkv_bias=True, backend=attn_backend
         )
         self.post_attention_layernorm = RMSNorm(hidden_size, rms_norm_eps)
         self.mlp = SwiGLU(hidden_size, intermediate_size)
@@ -66,7 +67,7 @@ class EncoderLayer(nn.Module):
     def forward(
         self,
         hidden: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: Rope,
         mask: torch.Tensor | BlockMask | None,
         return_probs: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -80,13 +81,16 @@ class EncoderLayer(nn.Module):
         return hidden + self.mlp(self.post_attention_layernorm(hidden)), probs
 
 
-class MaskedTransformer(nn.Module):
+class MaskedTransformer(Component):
     """A Qwen2 model without token embedding, run over given embeddings under a given mask.
 
     ``forward(embeds [B, T, C], mask) -> [B, T, C]`` with the final RMSNorm applied; ``mask`` is
     what ``masks.compile_mask`` makes for ``attn_backend``. Module names are Qwen2's
-    (``layers.N.self_attn.q_proj``, ``norm``).
+    (``layers.N.self_attn.q_proj``, ``norm``). A subclass with other layers (same constructor
+    arguments) names them in ``layer_class``.
     """
+
+    layer_class: type[EncoderLayer] = EncoderLayer
 
     def __init__(
         self,
@@ -103,7 +107,7 @@ class MaskedTransformer(nn.Module):
         super().__init__()
         self.attn_backend = attn_backend
         self.layers = nn.ModuleList(
-            EncoderLayer(
+            self.layer_class(
                 hidden_size, num_heads, num_kv_heads, intermediate_size, rms_norm_eps, attn_backend
             )
             for _ in range(num_layers)
@@ -138,6 +142,11 @@ class MaskedTransformer(nn.Module):
         hidden = self.norm(hidden)
         return (hidden, tuple(attentions)) if return_attention else hidden
 
+    def reset_derived_buffers(self) -> None:
+        """The rotary frequencies."""
+        super().reset_derived_buffers()
+        self.rotary.reset_derived_buffers()
+
 
 def sinusoidal_2d(count: int, dim: int) -> torch.Tensor:
     """``[count, dim]`` fixed 2D sin-cos embeddings of ``count`` queries laid out row by row on
@@ -155,7 +164,7 @@ def sinusoidal_2d(count: int, dim: int) -> torch.Tensor:
     return torch.cat([embed(index // columns), embed(index % columns)], dim=-1)
 
 
-class QuerySets(nn.Module):
+class QuerySets(Component):
     """The query set of each view size, ``queries(view) -> [n, hidden]``, made by ``init``.
 
     ``learned`` (the release): one trained set per view size, ``N(0, 1)`` initialised, named
@@ -192,8 +201,13 @@ class QuerySets(nn.Module):
             longest = max(self.counts.values())
             self.shared = nn.Parameter(torch.randn(longest, hidden_size))
 
+    def no_weight_decay(self) -> set[str]:
+        """Every trained set: each is a table of learned tokens."""
+        return super().no_weight_decay() | {name for name, _ in self.named_parameters()}
+
     def reset_derived_buffers(self) -> None:
         """Recompute the fixed (never stored) sinusoidal sets, e.g. after a meta-device build."""
+        super().reset_derived_buffers()
         if self.init == "sinusoidal_2d":
             for view, count in self.counts.items():
                 setattr(self, str(view), sinusoidal_2d(count, self.hidden_size))
@@ -217,6 +231,19 @@ class QuerySets(nn.Module):
             return self.shared
         resized = F.interpolate(self.shared.T[None], size=count, mode="linear", align_corners=True)
         return resized[0].T
+
+
+def lm_tokenizer(tokenizer: Mapping[str, Any] | None, hidden_size: int) -> VisionEncoder:
+    """The vision tokenizer that ``tokenizer`` names (default: the v2 SAM tokenizer), checked to
+    give tokens as wide as the LM encoder that reads them."""
+    tokenizer_spec = dict(DEFAULT_TOKENIZER if tokenizer is None else tokenizer)
+    created = create_tokenizer(tokenizer_spec)
+    if created.out_dim != hidden_size:
+        raise ValueError(
+            f"tokenizer {tokenizer_spec['name']!r} outputs {created.out_dim}-wide "
+            f"tokens but the encoder is {hidden_size} wide; they must be equal"
+        )
+    return created
 
 
 def query_plan(
@@ -289,13 +316,7 @@ class CausalFlowEncoder(VisionEncoder):
         attn_backend: str = "sdpa",
     ) -> None:
         super().__init__()
-        tokenizer_spec = dict(DEFAULT_TOKENIZER if tokenizer is None else tokenizer)
-        self.tokenizer = create_tokenizer(tokenizer_spec)
-        if self.tokenizer.out_dim != hidden_size:
-            raise ValueError(
-                f"tokenizer {tokenizer_spec['name']!r} outputs {self.tokenizer.out_dim}-wide "
-                f"tokens but the encoder is {hidden_size} wide; they must be equal"
-            )
+        self.tokenizer = lm_tokenizer(tokenizer, hidden_size)
         self.mask_spec = create_mask(mask) if isinstance(mask, str) else create_mask(**mask)
         if query_positions not in QUERY_POSITIONS:
             raise ValueError(
@@ -358,3 +379,16 @@ class CausalFlowEncoder(VisionEncoder):
         if self.queries is None:
             return visual_tokens
         return self.queries_for(visual_tokens).shape[0]
+
+    def roles(self) -> dict[str, str]:
+        """``vision_tokenizer`` (SAM + compressor, frozen in v2 stage 2), ``lm_encoder`` and,
+        with queries, ``queries``."""
+        own = {"vision_tokenizer": "tokenizer", "lm_encoder": "lm"}
+        if self.queries is not None:
+            own["queries"] = "queries"
+        return {**super().roles(), **own}
+
+    def weight_sources(self) -> dict[str, WeightSource]:
+        """The tokenizer's, and ``qwen2``: a transformers Qwen2 folder for the LM encoder (its
+        token embedding and LM head unused)."""
+        return {**super().weight_sources(), "qwen2": WeightSource(qwen2_from_transformers, "lm")}

@@ -9,10 +9,12 @@ and a pre-norm transformer with quick-GELU MLPs follows; there is no final norm.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from encoders.sam import resize_positions
+from zoo.io.convert.pretrained_parts import clip_from_checkpoint
+from zoo.layers.attention import merge_heads, sdpa_attention, split_qkv
+from zoo.model.component import Component, WeightSource
 from zoo.registry import register_encoder
 
 
@@ -38,7 +40,8 @@ def resize_grid_positions(
 
 
 class ClipAttention(nn.Module):
-    """Multi-head self-attention with one fused ``[q; k; v]`` projection, through SDPA."""
+    """Multi-head self-attention with one fused ``[q; k; v]`` projection, through the core's
+    SDPA kernel."""
 
     def __init__(self, width: int, num_heads: int) -> None:
         super().__init__()
@@ -49,11 +52,8 @@ class ClipAttention(nn.Module):
         self.out = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, width // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        attended = F.scaled_dot_product_attention(q, k, v)
-        return self.out(attended.transpose(1, 2).reshape(batch, length, width))
+        query, key, value = split_qkv(self.qkv(x), self.num_heads)
+        return self.out(merge_heads(sdpa_attention(query, key, value, None)))
 
 
 class ClipMLP(nn.Module):
@@ -84,7 +84,7 @@ class ClipBlock(nn.Module):
 
 
 @register_encoder("clip_l_over_sam")
-class ClipOverFeatureMap(nn.Module):
+class ClipOverFeatureMap(Component):
     """CLIP-L/14 transformer over a [B, C, h, w] feature map (DeepEncoder's 2nd stage, not pixels).
 
     ``forward(feature_map)`` returns ``[B, 1 + h*w, width]``: the class token first, then the
@@ -133,3 +133,11 @@ class ClipOverFeatureMap(nn.Module):
         for block in self.blocks:
             tokens = block(tokens)
         return tokens
+
+    def no_weight_decay(self) -> set[str]:
+        """The class token and the position table."""
+        return super().no_weight_decay() | {"class_embedding", "position_embedding"}
+
+    def weight_sources(self) -> dict[str, WeightSource]:
+        """``clip``: a transformers or timm CLIP-L/14 vision folder (its pixel patchify unused)."""
+        return {**super().weight_sources(), "clip": WeightSource(clip_from_checkpoint)}

@@ -14,22 +14,22 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn.attention.flex_attention import BlockMask
 
-from encoders.attention import ATTENTION_KERNELS, GroupedQueryAttention
-from encoders.base import VisionEncoder, create_tokenizer
+from encoders.base import VisionEncoder
 from encoders.causal_flow import (
-    DEFAULT_TOKENIZER,
     EncoderLayer,
     MaskedTransformer,
     QuerySets,
+    lm_tokenizer,
     query_plan,
 )
 from masks.backends import compile_mask
-from masks.builtin import QUERY
-from zoo.layers import RMSNorm
-from zoo.registry import create_mask, register_encoder
+from masks.builtin import QUERY, causal
+from zoo.layers import GroupedQueryAttention, RMSNorm, Rope, merge_heads
+from zoo.registry import register_encoder
+
+CAUSAL = causal()
 
 
 class CrossAttention(GroupedQueryAttention):
@@ -41,13 +41,8 @@ class CrossAttention(GroupedQueryAttention):
     """
 
     def forward(self, hidden: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = hidden.shape
-        query = self.q_proj(hidden).view(batch, length, self.num_heads, -1).transpose(1, 2)
-        key = self.k_proj(memory).view(batch, memory.shape[1], self.num_kv_heads, -1)
-        value = self.v_proj(memory).view(batch, memory.shape[1], self.num_kv_heads, -1)
-        kernel = ATTENTION_KERNELS[self.backend]
-        out = kernel(query, key.transpose(1, 2), value.transpose(1, 2), None)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        query, key, value = self.project(hidden, memory)
+        return self.o_proj(merge_heads(self.attend(query, key, value, None)))
 
 
 class QueryDecoderLayer(EncoderLayer):
@@ -68,13 +63,15 @@ class QueryDecoderLayer(EncoderLayer):
             hidden_size, num_heads, num_kv_heads, intermediate_size, rms_norm_eps, attn_backend
         )
         self.cross_attn_layernorm = RMSNorm(hidden_size, rms_norm_eps)
-        self.cross_attn = CrossAttention(hidden_size, num_heads, num_kv_heads, backend=attn_backend)
+        self.cross_attn = CrossAttention(
+            hidden_size, num_heads, num_kv_heads, qkv_bias=True, backend=attn_backend
+        )
 
     def forward(
         self,
         hidden: torch.Tensor,
         memory: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: Rope,
         causal_mask: torch.Tensor | BlockMask,
     ) -> torch.Tensor:
         hidden = hidden + self.self_attn(self.input_layernorm(hidden), rope, causal_mask)
@@ -90,38 +87,12 @@ class QueryDecoder(MaskedTransformer):
     whose layers also cross-attend to ``memory``.
     """
 
-    def __init__(
-        self,
-        hidden_size: int,
-        num_layers: int,
-        num_heads: int,
-        num_kv_heads: int,
-        intermediate_size: int,
-        rms_norm_eps: float,
-        rope_theta: float,
-        initializer_range: float = 0.02,
-        attn_backend: str = "sdpa",
-    ) -> None:
-        stack_shape = (num_heads, num_kv_heads, intermediate_size, rms_norm_eps)
-        super().__init__(hidden_size, 0, *stack_shape, rope_theta, initializer_range, attn_backend)
-        self.layers = nn.ModuleList(
-            QueryDecoderLayer(hidden_size, *stack_shape, attn_backend) for _ in range(num_layers)
-        )
-        self.init_linear_layers(initializer_range)
-        self.causal = create_mask("causal")
-
-    def init_linear_layers(self, std: float) -> None:
-        """Qwen2's initialisation (as the parent's) of the layers built here."""
-        for module in self.layers.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+    layer_class = QueryDecoderLayer
 
     def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         length = queries.shape[1]
         mask = compile_mask(
-            self.causal, ((QUERY, length),), self.attn_backend, queries.dtype, queries.device
+            CAUSAL, ((QUERY, length),), self.attn_backend, queries.dtype, queries.device
         )
         rope = self.rotary(torch.arange(length, device=queries.device)[None], queries.dtype)
         hidden = queries
@@ -161,13 +132,7 @@ class CrossAttentionQueriesEncoder(VisionEncoder):
         attn_backend: str = "sdpa",
     ) -> None:
         super().__init__()
-        tokenizer_spec = dict(DEFAULT_TOKENIZER if tokenizer is None else tokenizer)
-        self.tokenizer = create_tokenizer(tokenizer_spec)
-        if self.tokenizer.out_dim != hidden_size:
-            raise ValueError(
-                f"tokenizer {tokenizer_spec['name']!r} outputs {self.tokenizer.out_dim}-wide "
-                f"tokens but the encoder is {hidden_size} wide; they must be equal"
-            )
+        self.tokenizer = lm_tokenizer(tokenizer, hidden_size)
         stack_shape = (num_heads, num_kv_heads, intermediate_size, rms_norm_eps, rope_theta)
         self.visual_encoder = MaskedTransformer(
             hidden_size, num_encoder_layers, *stack_shape, initializer_range, attn_backend
@@ -192,3 +157,8 @@ class CrossAttentionQueriesEncoder(VisionEncoder):
 
     def num_tokens(self, view_size: int) -> int:
         return self.queries_for(self.tokenizer.num_tokens(view_size)).shape[0]
+
+    def roles(self) -> dict[str, str]:
+        """``vision_tokenizer``, ``visual_encoder``, ``query_decoder`` and ``queries``."""
+        own = {name: name for name in ("visual_encoder", "query_decoder", "queries")}
+        return {**super().roles(), "vision_tokenizer": "tokenizer", **own}

@@ -24,8 +24,9 @@ DEFAULT_TOKENIZER: dict[str, Any] = {"name": "sam_vitb", "downsample_channels": 
 class DeepEncoder(VisionEncoder):
     """DeepSeek-OCR v1 DeepEncoder: SAM-B + 16x conv compressor, CLIP-L over it, 2048-d tokens.
 
-    ``tokenizer`` names a registered encoder with ``forward_features(pixels) -> [B, C, h, w]``
-    (default: the v1 SAM ViT-B with a 1024-channel compressor) and its keyword arguments;
+    ``tokenizer`` names a registered encoder, whose ``forward_features`` map ``[B, C, h, w]``
+    CLIP reads (default: the v1 SAM ViT-B with a 1024-channel compressor), and its keyword
+    arguments;
     ``clip`` holds the keyword arguments of :class:`ClipOverFeatureMap`, whose width must equal
     the tokenizer's output channels.
     """
@@ -55,3 +56,7 @@ class DeepEncoder(VisionEncoder):
 
     def num_tokens(self, view_size: int) -> int:
         return self.tokenizer.num_tokens(view_size)
+
+    def roles(self) -> dict[str, str]:
+        """``vision_tokenizer`` (SAM + compressor, frozen in v1 stage 2) and ``clip``."""
+        return {**super().roles(), "vision_tokenizer": "tokenizer", "clip": "clip"}

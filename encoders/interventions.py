@@ -6,9 +6,9 @@ half over the second, or giving a page another page's tokens. Each intervention 
 exact re-indexing of the ``[B, N, C]`` output, along the tokens or along the batch.
 
 The intervened encoder *is* the inner encoder (same class, same parameter names, so released
-and trained weights load unchanged and ``encoder.tokenizer``-style freeze prefixes still
-match), with an :class:`Intervention` attached as its ``intervention`` child (no parameters,
-no buffers) and run by a forward hook.
+and trained weights load unchanged and its roles and freeze prefixes still match), with an
+:class:`Intervention` attached as its ``intervention`` child (no parameters, no buffers) and
+run by a forward hook.
 """
 
 from __future__ import annotations

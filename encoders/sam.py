@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoders.base import VisionEncoder
-from encoders.relpos_attention import (
-    BIAS_BLOCK_BYTES,
-    DecomposedRelPosAttention,
-    relpos_sdpa,
-)
+from zoo.io.convert.pretrained_parts import SAM_PARTS_NOT_IN_SAM, sam_from_checkpoint
+from zoo.layers.attention import merge_heads, split_qkv
+from zoo.layers.relpos_attention import relpos_attention
+from zoo.model.component import WeightSource
 from zoo.registry import register_encoder
 
 
@@ -40,20 +39,6 @@ def resize_positions(pos_embed: torch.Tensor, height: int, width: int) -> torch.
         grid, size=(height, width), mode="bicubic", antialias=True, align_corners=False
     )
     return resized.to(pos_embed.dtype).permute(0, 2, 3, 1)
-
-
-def relative_position_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
-    """``[size, size, D]`` embeddings of the offsets ``q - k`` along one grid axis of ``size``.
-
-    ``rel_pos`` holds one row per offset ``-(L-1)..(L-1)``; when the grid side differs from the
-    one it was trained for it is linearly resized (float32) to ``2 * size - 1`` rows first.
-    """
-    offsets = 2 * size - 1
-    if rel_pos.shape[0] != offsets:
-        resized = F.interpolate(rel_pos.float().T[None], size=offsets, mode="linear")
-        rel_pos = resized[0].T.to(rel_pos.dtype)
-    coords = torch.arange(size, device=rel_pos.device)
-    return rel_pos[coords[:, None] - coords[None, :] + (size - 1)]
 
 
 class PatchEmbed(nn.Module):
@@ -84,13 +69,12 @@ class LayerNorm2d(nn.Module):
 
 
 class SamAttention(nn.Module):
-    """Multi-head attention over a square grid with decomposed relative positions, through SDPA.
+    """Multi-head attention over a grid with decomposed relative positions.
 
     ``rel_pos_h``/``rel_pos_w`` are learned for ``grid_size`` x ``grid_size``; the score of query
     ``(qh, qw)`` for key ``(kh, kw)`` gets ``q . Rh[qh - kh] + q . Rw[qw - kw]`` added (``q``
-    unscaled). On CUDA the whole bias goes to SDPA as an additive mask; on CPU the two factors
-    go to :class:`DecomposedRelPosAttention` in training, and to SDPA block by block in
-    inference (:func:`relpos_sdpa`), which spares memory (see ``encoders/relpos_attention.py``).
+    unscaled), by the attention core's relative-position specialisation
+    (``zoo/layers/relpos_attention.py``: SDPA given the bias on CUDA, a memory-lean kernel on CPU).
     """
 
     def __init__(self, width: int, num_heads: int, grid_size: int) -> None:
@@ -107,28 +91,9 @@ class SamAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, h, w, C] -> [N, h, w, C]`` over ``N`` independent grids (views or windows)."""
-        count, height, width, channels = x.shape
-        qkv = self.qkv(x).view(count, height * width, 3, self.num_heads, -1)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        by_row, by_col = self.relative_position_factors(query, height, width)
-        if x.device.type == "cpu" and by_row.requires_grad:
-            out = DecomposedRelPosAttention.apply(query, key, value, by_row, by_col)
-        else:
-            blocks = BIAS_BLOCK_BYTES if x.device.type == "cpu" else None
-            out = relpos_sdpa(query, key, value, by_row, by_col, blocks)
-        return self.proj(out.transpose(1, 2).reshape(count, height, width, channels))
-
-    def relative_position_factors(
-        self, query: torch.Tensor, height: int, width: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bias's row and column terms ``[N, heads, h, w, h]`` and ``[N, heads, h, w, w]``
-        from unscaled queries ``[N, heads, h*w, D]``, contiguous (einsum may permute strides)."""
-        rows = relative_position_table(self.rel_pos_h, height)
-        cols = relative_position_table(self.rel_pos_w, width)
-        grid_query = query.unflatten(2, (height, width))
-        by_row = torch.einsum("nhyxc,ykc->nhyxk", grid_query, rows).contiguous()
-        by_col = torch.einsum("nhyxc,xkc->nhyxk", grid_query, cols).contiguous()
-        return by_row, by_col
+        query, key, value = split_qkv(self.qkv(x).flatten(1, 2), self.num_heads)
+        out = relpos_attention(query, key, value, self.rel_pos_h, self.rel_pos_w, x.shape[1:3])
+        return self.proj(merge_heads(out).view(x.shape))
 
 
 class SamMLP(nn.Module):
@@ -272,3 +237,15 @@ class SamViTB(VisionEncoder):
         for _ in range(2):  # each compressor conv: kernel 3, stride 2, padding 1
             side = (side - 1) // 2 + 1
         return side * side
+
+    def no_weight_decay(self) -> set[str]:
+        """The absolute position grid and every block's relative position tables."""
+        relative = {
+            n for n, _ in self.named_parameters() if n.endswith((".rel_pos_h", ".rel_pos_w"))
+        }
+        return super().no_weight_decay() | {"pos_embed"} | relative
+
+    def weight_sources(self) -> dict[str, WeightSource]:
+        """``sam``: a transformers or timm SAM ViT-B folder (no SAM has the compressor convs)."""
+        sam = WeightSource(sam_from_checkpoint, never_in_source=SAM_PARTS_NOT_IN_SAM)
+        return {**super().weight_sources(), "sam": sam}

@@ -9,7 +9,6 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_modules.activation_checkpointing import enable_activation_checkpointing
 from lightning_modules.expert_load import ExpertLoadMonitor
 from lightning_modules.metrics import (
     ReadingOrderEditDistance,
@@ -42,10 +41,13 @@ def prompts_of(batch: Mapping[str, Any], pad_id: int) -> tuple[torch.Tensor, tor
 class OCRLightningModule(L.LightningModule):
     """Next-token training on answer tokens, with the MoE balance loss and stage freezing.
 
-    ``model_cfg`` is the config ``build_model`` reads. ``freeze`` lists module or parameter
-    name prefixes (e.g. ``encoder.tokenizer``) whose parameters stay fixed in this stage; they
-    get no gradient and no optimizer state. ``aux_loss_weight`` multiplies the decoder's
-    balance loss (already weighted by its ``aux_loss_alpha``). The learning rate warms up
+    ``model_cfg`` is the config ``build_model`` reads. ``freeze`` lists roles the model's
+    components declare (e.g. ``vision_tokenizer``, ``projector``; see ``model.roles()``) or
+    module / parameter name prefixes (e.g. ``encoder.tokenizer``) whose parameters stay fixed
+    in this stage; they get no gradient and no optimizer state. ``activation_checkpointing``
+    has each component checkpoint its own blocks (``set_grad_checkpointing``).
+    ``aux_loss_weight`` multiplies the decoder's balance loss (already weighted by its
+    ``aux_loss_alpha``). The learning rate warms up
     linearly for ``warmup_steps`` and then follows a cosine from ``lr`` to ``min_lr`` over the
     trainer's estimated optimizer steps; the encoder trains at ``encoder_lr_scale`` times that
     rate (from scratch, a full-rate encoder can drift faster than the decoder learns to read
@@ -91,7 +93,7 @@ class OCRLightningModule(L.LightningModule):
         self.processor = OCRProcessor(tokenizer, image_mode=self.model.image_mode)
         self.freeze_prefixes(self.hparams.freeze)
         if activation_checkpointing:
-            enable_activation_checkpointing(self.model)
+            self.model.set_grad_checkpointing()
         self.expert_load = ExpertLoadMonitor(self.model)
         self.val_text_edit = TextEditDistance()
         self.val_reading_order_edit = ReadingOrderEditDistance()
@@ -99,18 +101,22 @@ class OCRLightningModule(L.LightningModule):
         self._val_pages_generated = 0
 
     def freeze_prefixes(self, prefixes: list[str]) -> None:
-        """Stop training every parameter under one of the module / parameter name ``prefixes``."""
+        """Stop training every parameter of each role or under each module / parameter name
+        prefix of ``prefixes`` (a role names its path, e.g. ``vision_tokenizer`` ->
+        ``encoder.tokenizer``)."""
+        roles = self.model.roles()
         names = {name for name, _ in self.model.named_modules()}
         names |= {name for name, _ in self.model.named_parameters()}
-        unknown = [p for p in prefixes if p not in names]
+        unknown = [p for p in prefixes if p not in roles and p not in names]
         if unknown:
             top = sorted({name.split(".")[0] for name in names if name})
             raise ValueError(
-                f"freeze: no module or parameter named {unknown} in the model; top-level names: "
-                f"{top} (see model.named_modules())"
+                f"freeze: no role, module or parameter named {unknown} in the model; its roles: "
+                f"{sorted(roles)}; top-level names: {top} (see model.named_modules())"
             )
+        paths = [roles.get(p, p) for p in prefixes]
         for name, param in self.model.named_parameters():
-            if any(name == p or name.startswith(p + ".") for p in prefixes):
+            if any(name == p or name.startswith(p + ".") for p in paths):
                 param.requires_grad_(False)
 
     def forward(self, batch: Mapping[str, Any]):

@@ -17,6 +17,7 @@ from zoo.data.page_datasets import (
     image_size,
 )
 from zoo.data.page_markdown import check_target, page_answer
+from zoo.data.workers import ExitWithParent
 from zoo.eval.omnidocbench import GroundTruthPage
 from zoo.inputs.processor import OCRProcessor
 from zoo.inputs.prompts import MARKDOWN_PROMPT
@@ -81,4 +82,5 @@ class OmniDocBenchDataModule(PageDataModule):
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=collate_predictions,
+            worker_init_fn=ExitWithParent(),
         )

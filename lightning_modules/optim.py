@@ -7,34 +7,21 @@ import math
 import torch
 from torch import nn
 
-# Parameters that are tables of positions or learned tokens rather than weight matrices: SAM's
-# absolute and decomposed relative positions, CLIP's class token and positions, the image
-# layout vectors of OCRModel. Decaying them pulls them to zero, which has no meaning for them.
-NO_DECAY_NAMES = frozenset(
-    {
-        "pos_embed",
-        "rel_pos_h",
-        "rel_pos_w",
-        "class_embedding",
-        "position_embedding",
-        "view_separator",
-        "image_newline",
+from zoo.model.component import Component, join
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Names of the parameters of ``model`` left out of weight decay: every parameter under
+    2-D (norm weights, biases) and embedding tables, as in timm, and the ones its components
+    declare (``no_weight_decay``: position tables, learned tokens, layout vectors), since
+    decaying them pulls them to zero, which has no meaning for them."""
+    declared = model.no_weight_decay() if isinstance(model, Component) else set()
+    return declared | {
+        join(module_name, param_name)
+        for module_name, module in model.named_modules()
+        for param_name, param in module.named_parameters(recurse=False)
+        if param.ndim < 2 or isinstance(module, nn.Embedding)
     }
-)
-# Modules whose every parameter is a learned token (the causal-flow encoder's query sets).
-NO_DECAY_MODULES = frozenset({"queries"})
-
-
-def no_decay(module_name: str, module: nn.Module, param_name: str, param: nn.Parameter) -> bool:
-    """Whether a parameter (``param_name`` directly on ``module`` at ``module_name``) is left
-    out of weight decay: norm weights and biases (every parameter under 2-D), embedding tables,
-    position tables and learnable queries / separators."""
-    return (
-        param.ndim < 2
-        or isinstance(module, nn.Embedding)
-        or param_name in NO_DECAY_NAMES
-        or module_name.rsplit(".", 1)[-1] in NO_DECAY_MODULES
-    )
 
 
 def parameter_groups(
@@ -51,13 +38,15 @@ def parameter_groups(
         raise ValueError(f"encoder_lr_scale must be > 0, got {encoder_lr_scale}")
     groups: dict[tuple[bool, bool], dict] = {}
     seen: set[int] = set()
+    undecayed = no_decay_names(model)
     for module_name, module in model.named_modules():
         in_encoder = encoder_lr_scale != 1.0 and module_name.split(".")[0] == "encoder"
         for param_name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            plain = no_decay(module_name, module, param_name, param)
+            name = join(module_name, param_name)
+            plain = name in undecayed
             group = groups.setdefault(
                 (in_encoder, plain),
                 {
@@ -68,7 +57,7 @@ def parameter_groups(
                 },
             )
             group["params"].append(param)
-            group["names"].append(f"{module_name}.{param_name}" if module_name else param_name)
+            group["names"].append(name)
     return [groups[key] for key in sorted(groups)]
 
 

@@ -11,6 +11,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from zoo.data.page_datasets import LengthBucketBatchSampler, PageSample
+from zoo.data.workers import ExitWithParent
 from zoo.inputs.image_layout import num_image_tokens
 from zoo.inputs.processor import OCRProcessor
 from zoo.inputs.prompts import MARKDOWN_PROMPT
@@ -55,6 +56,7 @@ class PageDataModule(L.LightningDataModule):
             "num_workers": self.num_workers,
             "collate_fn": self.collate,
             "persistent_workers": self.num_workers > 0,
+            "worker_init_fn": ExitWithParent(),
         }
         if not self.bucket_by_length:
             return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, **common)

@@ -11,38 +11,26 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from zoo.inputs.grounding import strip_grounding
+from zoo.eval.repetition import write_generation_record
 from zoo.inputs.processor import OCRProcessor
-from zoo.inputs.prompts import resolve_prompt
-from zoo.model.inference import transcribe
+from zoo.io.atomic import write_text_atomic
+from zoo.model.inference import GenerationSettings, Transcription, transcribe
 from zoo.model.ocr_model import OCRModel
 
 
 class OCRPredictModule(L.LightningModule):
-    """Predict-only wrapper: a batch ``{"names", "images"}`` -> ``[(name, answer), ...]``."""
+    """Predict-only wrapper: a batch ``{"names", "images"}`` -> ``[(name, transcription), ...]``."""
 
     def __init__(
-        self,
-        model: OCRModel,
-        processor: OCRProcessor,
-        prompt: str = "markdown",
-        max_new_tokens: int = 8192,
-        no_repeat_ngram_size: int = 20,
+        self, model: OCRModel, processor: OCRProcessor, settings: GenerationSettings
     ) -> None:
         super().__init__()
-        self.model, self.processor = model.eval(), processor
-        self.prompt = resolve_prompt(prompt)
-        self.max_new_tokens, self.no_repeat_ngram_size = max_new_tokens, no_repeat_ngram_size
+        self.model, self.processor, self.settings = model.eval(), processor, settings
 
-    def predict_step(self, batch: dict[str, list], batch_idx: int) -> list[tuple[str, str]]:
-        answers = transcribe(
-            self.model,
-            self.processor,
-            batch["images"],
-            self.prompt,
-            self.max_new_tokens,
-            self.no_repeat_ngram_size,
-        )
+    def predict_step(
+        self, batch: dict[str, list], batch_idx: int
+    ) -> list[tuple[str, Transcription]]:
+        answers = transcribe(self.model, self.processor, batch["images"], self.settings)
         return list(zip(batch["names"], answers, strict=True))
 
 
@@ -52,7 +40,8 @@ def markdown_path(out_dir: Path, image_name: str) -> Path:
 
 
 class MarkdownWriter(BasePredictionWriter):
-    """Writes each page's markdown (grounding tags removed) when its batch ends."""
+    """Writes each page's post-processed markdown when its batch ends, and records whether its
+    answer ran into the token limit (:func:`zoo.eval.repetition.write_generation_record`)."""
 
     def __init__(self, out_dir: Path | str) -> None:
         super().__init__(write_interval="batch")
@@ -63,7 +52,7 @@ class MarkdownWriter(BasePredictionWriter):
         self,
         trainer: L.Trainer,
         pl_module: L.LightningModule,
-        prediction: list[tuple[str, str]],
+        prediction: list[tuple[str, Transcription]],
         batch_indices: Sequence[int] | None,
         batch: Any,
         batch_idx: int,
@@ -71,6 +60,5 @@ class MarkdownWriter(BasePredictionWriter):
     ) -> None:
         for name, answer in prediction:
             path = markdown_path(self.out_dir, name)
-            partial = path.with_suffix(".md.partial")
-            partial.write_text(strip_grounding(answer), encoding="utf-8")
-            partial.replace(path)  # a page is either absent or complete
+            write_generation_record(path, answer.hit_token_limit)
+            write_text_atomic(path, answer.markdown)  # a page is either absent or complete

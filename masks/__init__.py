@@ -1,13 +1,13 @@
 """Attention-mask algebra: specs over labelled segments, laid out in (packed, padded) batches and
-compiled to each attention backend (dense SDPA/eager masks, flex_attention BlockMask, xformers
-bias).
+compiled to each attention backend of ``zoo.layers.attention`` (dense SDPA/eager masks,
+flex_attention BlockMask, xformers bias).
 
 Importing the package registers the built-in specs (``causal_flow`` and its variants,
 ``bidirectional``, ``causal``) with ``zoo.registry.register_mask``.
 """
 
 from masks import builtin  # noqa: F401  (registers the built-in specs)
-from masks.backends import ATTENTION_BACKENDS, compile_mask, xformers_available, xformers_bias
+from masks.backends import compile_mask, xformers_bias
 from masks.dense import additive_mask, dense_mask
 from masks.flex import block_mask
 from masks.layout import BatchLayout, TokenTable, as_batch_layout, pack, stack
@@ -22,6 +22,7 @@ from masks.spec import (
     Visibility,
     as_layout,
 )
+from zoo.layers.attention import ATTENTION_BACKENDS, xformers_available
 
 __all__ = [
     "ATTENTION_BACKENDS",

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 
 import torch
@@ -20,13 +19,7 @@ from masks.dense import additive_mask
 from masks.flex import block_mask
 from masks.layout import BatchLayout, SegmentsLike, as_batch_layout
 from masks.spec import MaskSpec
-
-ATTENTION_BACKENDS = ("sdpa", "eager", "flex", "xformers")
-
-
-def xformers_available() -> bool:
-    """Whether the xformers backend can run here (it needs the package and a CUDA device)."""
-    return importlib.util.find_spec("xformers") is not None and torch.cuda.is_available()
+from zoo.layers.attention import ATTENTION_BACKENDS
 
 
 def compile_mask(

@@ -92,11 +92,12 @@ def test_training_starts_from_a_saved_model(tmp_path):
 
 
 def test_ocr_and_evaluation_load_a_saved_folder(tmp_path):
-    from zoo.model.inference import load_inference_model, transcribe
+    from zoo.model.inference import GenerationSettings, load_inference_model, transcribe
 
     model, _ = tiny_model()
     model.save_pretrained(tmp_path)
     loaded, processor = load_inference_model(tmp_path)
     page = Image.new("RGB", (200, 300), "white")
-    texts = transcribe(loaded, processor, [page], "<image>\nFree OCR.", 4, 0)
+    settings = GenerationSettings(prompt="free", max_new_tokens=4, no_repeat_ngram_size=0)
+    texts = [answer.markdown for answer in transcribe(loaded, processor, [page], settings)]
     assert len(texts) == 1 and isinstance(texts[0], str)

@@ -217,3 +217,50 @@ def test_prefill_keeps_one_padded_forward_when_rows_are_not_left_padded():
         torch.equal(given, expected)
         for (_, given), expected in zip(seen, (right_padded, mask), strict=True)
     )
+
+
+def official_ngram_bans(ids: list[int], ngram_size: int, window: int, exempt: set[int]) -> set[int]:
+    """The official scripts' guard (NoRepeatNGramLogitsProcessor of DeepSeek-OCR's and
+    DeepSeek-OCR 2's ``process/ngram_norepeat.py``), written out token by token: the tokens that
+    would repeat an n-gram starting among the last ``window`` generated tokens."""
+    if len(ids) < ngram_size:
+        return set()
+    prefix = tuple(ids[len(ids) - ngram_size + 1 :])
+    start, end = max(0, len(ids) - window), len(ids) - ngram_size + 1
+    banned = {
+        ids[i + ngram_size - 1]
+        for i in range(start, end)
+        if tuple(ids[i : i + ngram_size - 1]) == prefix
+    }
+    return banned - exempt
+
+
+@pytest.mark.parametrize(("ngram_size", "window"), [(2, 5), (3, 9), (4, 4), (5, 3), (3, 40)])
+def test_windowed_ngram_ban_equals_the_official_guard_on_random_histories(ngram_size, window):
+    generator = torch.Generator().manual_seed(ngram_size * 100 + window)
+    vocab, exempt = 6, [1, 4]
+    for length in range(0, 30, 3):
+        # a small vocabulary repeats n-grams often; one row repeats a short cycle
+        history = torch.randint(vocab, (5, length), generator=generator)
+        history[0] = torch.arange(length) % 3
+        scores = torch.zeros(5, vocab)
+        valid = torch.ones_like(history, dtype=torch.bool)
+        banned = ban_repeated_ngrams(
+            scores, history, valid, ngram_size, window, torch.tensor(exempt)
+        ).isinf()
+        for row, tokens in zip(banned, history.tolist(), strict=True):
+            expected = official_ngram_bans(tokens, ngram_size, window, set(exempt))
+            assert set(row.nonzero()[:, 0].tolist()) == expected, (tokens, ngram_size, window)
+
+
+def test_windowed_ngram_ban_in_generation_uses_generated_tokens_only():
+    reference = transformers_ocr2(vocab_size=11)
+    decoder = zoo_copy(reference, vocab_size=11)
+    ids, mask = left_padded()
+    ids = ids % 11
+    kwargs = dict(no_repeat_ngram_size=2, ngram_window=6, ngram_exempt_ids=[3])
+    out = zoo_generate(decoder, ids, mask, **kwargs)
+    for row in out.tolist():  # no 2-gram repeats within 6 generated tokens, unless it ends in 3
+        for end in range(2, len(row)):
+            history, token = row[:end], row[end]
+            assert token not in official_ngram_bans(history, 2, 6, {3})

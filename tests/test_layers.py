@@ -1,4 +1,4 @@
-"""``zoo.layers.threaded_linear``: the one-row product split over the threads."""
+"""``zoo.layers.linear.threaded_linear``: the one-row product split over the threads."""
 
 from __future__ import annotations
 

@@ -9,10 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from encoders.attention import ATTENTION_KERNELS, GroupedQueryAttention
 from encoders.causal_flow import MaskedTransformer
 from masks import BatchLayout, compile_mask, dense_mask, pack, stack, xformers_available
 from masks.spec import TableSpec, Visibility
+from zoo.layers.attention import ATTENTION_KERNELS, GroupedQueryAttention
 from zoo.registry import MASKS, create_mask
 
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
@@ -94,7 +94,7 @@ def test_every_backend_computes_attention_under_the_reference_mask(spec, layout,
 @given(spec=specs(), layout=rows, data=st.data())
 def test_a_perturbed_token_reaches_exactly_the_tokens_that_may_see_it(spec, layout, data):
     torch.manual_seed(0)
-    attention = GroupedQueryAttention(HEADS * HEAD_DIM, HEADS, KV_HEADS)
+    attention = GroupedQueryAttention(HEADS * HEAD_DIM, HEADS, KV_HEADS, qkv_bias=True)
     hidden = torch.randn(1, layout.length, HEADS * HEAD_DIM)
     changed = data.draw(st.integers(0, layout.length - 1))
     perturbed = hidden.clone()

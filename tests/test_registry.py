@@ -9,7 +9,13 @@ import pytest
 
 from zoo import registry
 from zoo.list import format_components
-from zoo.registry import ENCODERS, Registry, UnknownComponentError, import_plugins
+from zoo.registry import (
+    ENCODERS,
+    PluginNotAllowedError,
+    Registry,
+    UnknownComponentError,
+    import_plugins,
+)
 
 
 def test_register_and_create_with_kwargs():
@@ -158,6 +164,9 @@ def test_user_encoder_with_its_own_config_folder_builds_and_runs(tmp_path, monke
             [f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "encoder=user_patches"]
         )
         assert list(cfg.plugins) == ["user_encoders"]
+        with pytest.raises(PluginNotAllowedError, match=r"\['user_encoders'\]"):
+            tiny_forward(cfg)  # build_model never imports a config's plugins by itself
+        import_plugins(cfg.plugins)  # as zoo.train does with its own run config
         tiny_forward(cfg)
     finally:
         ENCODERS._constructors.pop("user_patches", None)

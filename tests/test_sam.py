@@ -16,7 +16,6 @@ from transformers.models.deepseek_ocr2.configuration_deepseek_ocr2 import (
 )
 from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import DeepseekOcr2SamVisionEncoder
 
-from encoders.relpos_attention import relpos_sdpa
 from encoders.sam import (
     SamAttention,
     SamViTB,
@@ -27,6 +26,7 @@ from encoders.sam import (
 from zoo.bench.measure import peak_tensor_bytes
 from zoo.io.convert.deepseek_ocr2_vision import TRANSFORMERS_FROM_SAM
 from zoo.io.convert.rules import rename_state_dict
+from zoo.layers.relpos_attention import relative_position_factors, relpos_sdpa
 from zoo.registry import create_encoder
 
 # One windowed and one global block; real patch size, window and view sizes.
@@ -194,7 +194,9 @@ def whole_bias_attention(attention: SamAttention, x: torch.Tensor) -> torch.Tens
     count, height, width, channels = x.shape
     qkv = attention.qkv(x).view(count, height * width, 3, attention.num_heads, -1)
     query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    factors = attention.relative_position_factors(query, height, width)
+    factors = relative_position_factors(
+        query, attention.rel_pos_h, attention.rel_pos_w, height, width
+    )
     out = relpos_sdpa(query, key, value, *factors).transpose(1, 2)
     return attention.proj(out.reshape(count, height, width, channels))
 

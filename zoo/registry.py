@@ -5,7 +5,8 @@ projector, mask, datamodule); ``create_encoder("name", **kwargs)`` builds it. Ea
 imports the package of its built-in components on its first lookup (so building a model never
 imports the Lightning datamodules); third-party packages register
 through the ``deepencoder_zoo.plugins`` entry-point group or a module path passed to
-:func:`import_plugins` (the ``plugins`` list of a run config).
+:func:`import_plugins` (the ``plugins`` list of a run config). A model config's ``plugins`` are
+never imported while loading (:func:`check_plugins_loaded`): the caller allows them by name.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import inspect
+import pkgutil
+import sys
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
@@ -72,7 +75,21 @@ class Registry:
             inspect.signature(constructor).bind(**kwargs)
         except TypeError as err:
             raise TypeError(f"{self.kind} {name!r}: {err}") from None
-        return constructor(**kwargs)
+        try:
+            return constructor(**kwargs)
+        except (ValueError, RuntimeError) as err:
+            # torch reports a negative size as "negative dimension -1: [128, -1]": name the key
+            negative = [
+                f"{self.kind}.{key}={value}"
+                for key, value in kwargs.items()
+                if isinstance(value, int) and not isinstance(value, bool) and value < 0
+            ]
+            if not negative:
+                raise
+            raise ValueError(
+                f"{self.kind} {name!r}: {', '.join(negative)} is negative; sizes and counts "
+                f"must be >= 1 (building it failed with: {err})"
+            ) from err
 
     def names(self, pattern: str = "*") -> list[str]:
         """Registered names matching a shell-style pattern, sorted."""
@@ -126,9 +143,45 @@ def load_plugin_entry_points() -> None:
         entry_point.load()
 
 
+def import_submodules(package: str) -> None:
+    """Import every module of ``package`` (from its ``__init__``), so that a component module
+    registers itself by existing, with no import list to edit."""
+    for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        importlib.import_module(f"{package}.{module.name}")
+
+
+class PluginNotAllowedError(ImportError):
+    """A model config names plugin modules that the caller has not allowed (imported)."""
+
+
+def _module_names(modules: Any, source: str) -> list[str]:
+    if isinstance(modules, str) or not all(isinstance(m, str) for m in modules or []):
+        raise ValueError(f"{source}: expected a list of module names, got {modules!r}")
+    return list(modules or [])
+
+
+def check_plugins_loaded(modules: Any, source: str = "the model config's plugins") -> None:
+    """Refuse to build a model whose ``plugins`` are not imported yet.
+
+    A checkpoint's config could name any module, so loading never imports one; the caller
+    allows a plugin by name (``from_pretrained(path, plugins=[...])``, ``zoo.ocr --plugin``,
+    ``plugins=[...]`` of a run config), which imports it before the model is built.
+    """
+    missing = [m for m in _module_names(modules, source) if m not in sys.modules]
+    if missing:
+        listed = ", ".join(missing)
+        raise PluginNotAllowedError(
+            f"{source} names plugin module(s) {missing}, which loading never imports by itself "
+            f"(a checkpoint could name any code); if you trust them, allow them by name: "
+            f"from_pretrained(path, plugins={missing!r}), python -m zoo.ocr --plugin "
+            f"{missing[0]}, or plugins=[{listed}] on the zoo.evaluate / zoo.train command line"
+        )
+
+
 def import_plugins(modules: Iterable[str]) -> None:
-    """Import user modules that register components (the ``plugins`` list of a config)."""
-    for module in modules:
+    """Import user modules that register components: the ones a caller allows by name (the
+    ``plugins`` list of a run config, ``plugins=`` of ``from_pretrained``)."""
+    for module in _module_names(modules, "plugins"):
         try:
             importlib.import_module(module)
         except ImportError as err:

@@ -40,7 +40,9 @@ def model_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def make_module(cfg: DictConfig) -> OCRLightningModule:
-    """The LightningModule of ``cfg.module`` with the weights of ``cfg.init`` loaded."""
+    """The LightningModule of ``cfg.module`` with the weights of ``cfg.init`` loaded (the run
+    config's ``plugins``, the user's own choice, are imported first)."""
+    import_plugins(to_plain(cfg.get("plugins")) or [])
     module = OCRLightningModule(model_config(cfg), **to_plain(cfg.module))
     initialize(module.model, to_plain(cfg.get("init")))
     return module

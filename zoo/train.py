@@ -22,6 +22,8 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from zoo.io.atomic import write_text_atomic  # noqa: E402
+from zoo.io.lightning_checkpoint import read_ocr_checkpoint  # noqa: E402
 from zoo.run_setup import make_datamodule, make_loggers_and_callbacks, make_module  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -30,14 +32,16 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model; returns the final logged metrics."""
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("ckpt_path"):
+        read_ocr_checkpoint(cfg.ckpt_path)  # a damaged or foreign file fails naming itself
     datamodule = make_datamodule(cfg)
     module = make_module(cfg)
     loggers, callbacks = make_loggers_and_callbacks(cfg)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     output_dir = Path(cfg.paths.output_dir)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    write_text_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
     log.info("final metrics: %s", metrics)
     log.info("run directory: %s", output_dir)
     return metrics

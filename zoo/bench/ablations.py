@@ -2,7 +2,7 @@
 model without it, alternating in one process. The reference column of these rows holds the zoo
 without the optimisation, not transformers.
 
-* one-row products split over the threads (``zoo.layers.threaded_linear``) against
+* one-row products split over the threads (``zoo.layers.linear.threaded_linear``) against
   ``F.linear``, and the column-major LM head (``decoders/lm_head.py``) against a row-major copy,
   in greedy decoding with the KV cache (seconds per token as in the ``decode`` suite);
 * the LM head on the labelled positions only against every position's logits, in one training
@@ -26,14 +26,14 @@ from torch import nn
 
 from decoders import generate
 from decoders.generation import prefill
-from encoders.relpos_attention import DecomposedRelPosAttention, relpos_sdpa
-from zoo.bench.context import BenchContext, comparison
+from zoo.bench.context import BenchContext, comparison, memory_comparison
 from zoo.bench.decode import seconds_per_token
 from zoo.bench.evaluation import INSTRUCTION_TOKENS, PAGE_SIZES
-from zoo.bench.measure import Stats, peak_tensor_bytes, sample_interleaved, time_interleaved
+from zoo.bench.measure import peak_tensor_bytes, sample_interleaved, time_interleaved
 from zoo.bench.models import prompts, random_pages
 from zoo.bench.prefill import PROMPT_TOKENS
 from zoo.layers import ThreadedLinear
+from zoo.layers.relpos_attention import DecomposedRelPosAttention, relpos_sdpa
 
 ANSWER_TOKENS = 64
 
@@ -159,16 +159,14 @@ def sam_attention_rows(ctx: BenchContext) -> list[dict[str, Any]]:
         "sdpa": lambda: step(relpos_sdpa),
     }
     times = time_interleaved(calls, ctx.repeats, ctx.warmup)
-    memory = {
-        name: Stats.of([peak_tensor_bytes(call) / 2**20], "MiB") for name, call in calls.items()
-    }
+    memory = {name: peak_tensor_bytes(call) for name, call in calls.items()}
     case = (
         f"SAM attention in CPU training, {side * side} tokens x {heads} heads, forward + "
         "backward: DecomposedRelPosAttention vs SDPA given the whole bias"
     )
     return [
         comparison(case, times["zoo"], times["sdpa"]),
-        comparison(f"{case}: peak memory", memory["zoo"], memory["sdpa"]),
+        memory_comparison(f"{case}: peak memory", memory["zoo"], memory["sdpa"]),
     ]
 
 

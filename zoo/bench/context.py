@@ -94,6 +94,14 @@ def comparison(
     return row
 
 
+def memory_comparison(
+    case: str, zoo_bytes: float, reference_bytes: float, target: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A :func:`comparison` row of two peak memories given in bytes, shown in MiB."""
+    zoo = Stats.of([zoo_bytes / 2**20], "MiB")
+    return comparison(case, zoo, Stats.of([reference_bytes / 2**20], "MiB"), target, **extra)
+
+
 def meets(value: float, target: str) -> bool:
     """Whether ``value`` satisfies ``target``, written ``"<= x"`` or ``">= x"``."""
     operator, _, bound = target.partition(" ")

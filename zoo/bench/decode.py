@@ -15,7 +15,7 @@ import torch
 from transformers import GenerationConfig
 
 from decoders import count_parameters, generate
-from zoo.bench.context import BenchContext, comparison
+from zoo.bench.context import BenchContext, comparison, memory_comparison
 from zoo.bench.measure import Stats, peak_tensor_bytes, sample_interleaved
 from zoo.bench.models import prompt_embeddings
 from zoo.bench.prefill import PAGE, PROMPT_TOKENS
@@ -83,10 +83,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             tokens_per_s={side: 1 / stats.median for side, stats in per_token.items()},
             same_tokens=same_tokens,
         ),
-        comparison(
+        memory_comparison(
             f"generate {new_tokens + 1} tokens: peak memory",
-            Stats.of([memory["zoo"] / 2**20], "MiB"),
-            Stats.of([memory["transformers"] / 2**20], "MiB"),
+            memory["zoo"],
+            memory["transformers"],
             "<= 1.0",
         ),
     ]

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from zoo.bench.context import BenchContext, comparison
-from zoo.bench.measure import Stats, peak_tensor_bytes, time_interleaved
+from zoo.bench.context import BenchContext, comparison, memory_comparison
+from zoo.bench.measure import peak_tensor_bytes, time_interleaved
 from zoo.bench.models import prompts, random_pages, transformers_pixels
 from zoo.inputs.preprocessing import ImageBatch
 
@@ -97,10 +97,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             rate["transformers per page" if best.endswith("batched") else "transformers batched"],
             higher_is_better=True,
         ),
-        comparison(
+        memory_comparison(
             f"{case}: peak memory (vs transformers batched)",
-            Stats.of([memory["zoo"] / 2**20], "MiB"),
-            Stats.of([memory["transformers batched"] / 2**20], "MiB"),
+            memory["zoo"],
+            memory["transformers batched"],
             "<= 1.0",
         ),
     ]

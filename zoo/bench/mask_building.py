@@ -21,11 +21,11 @@ from transformers.models.deepseek_ocr2.configuration_deepseek_ocr2 import (
     DeepseekOcr2VisionEncoderConfig,
 )
 
-from encoders.attention import ATTENTION_KERNELS
 from masks import compile_mask, xformers_available
 from masks.builtin import QUERY, VISUAL
-from zoo.bench.context import BenchContext, comparison
-from zoo.bench.measure import Stats, peak_tensor_bytes, time_interleaved
+from zoo.bench.context import BenchContext, comparison, memory_comparison
+from zoo.bench.measure import peak_tensor_bytes, time_interleaved
+from zoo.layers.attention import ATTENTION_KERNELS
 from zoo.registry import create_mask
 
 SIZES = (256, 144)
@@ -125,10 +125,10 @@ def page_rows(ctx: BenchContext) -> list[dict[str, Any]]:
             target="<= 0.1",
             note="the 'transformers' column holds the row-loop baseline",
         ),
-        comparison(
+        memory_comparison(
             f"{case}: peak memory, flex BlockMask vs dense SDPA mask",
-            Stats.of([memory["flex"] / 2**20], "MiB"),
-            Stats.of([memory["sdpa"] / 2**20], "MiB"),
+            memory["flex"],
+            memory["sdpa"],
             note="the 'transformers' column holds the zoo's dense SDPA mask",
         ),
     ]

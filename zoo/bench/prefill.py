@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from zoo.bench.context import BenchContext, comparison
-from zoo.bench.measure import Stats, peak_tensor_bytes, time_interleaved
+from zoo.bench.context import BenchContext, comparison, memory_comparison
+from zoo.bench.measure import peak_tensor_bytes, time_interleaved
 from zoo.bench.models import prompt_embeddings
 
 PAGE = (1536, 1536)  # 2 x 2 crops of 768 + the global view
@@ -36,10 +36,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     case = f"{PROMPT_TOKENS}-token prompt"
     rows = [
         comparison(f"{case}: time", times["zoo"], times["transformers"], "<= 1.0"),
-        comparison(
+        memory_comparison(
             f"{case}: peak memory",
-            Stats.of([memory["zoo"] / 2**20], "MiB"),
-            Stats.of([memory["transformers"] / 2**20], "MiB"),
+            memory["zoo"],
+            memory["transformers"],
             "<= 1.0",
         ),
     ]

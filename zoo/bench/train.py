@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.bench.context import BenchContext, comparison
-from zoo.bench.measure import Stats, peak_tensor_bytes, time_interleaved
+from zoo.bench.context import BenchContext, comparison, memory_comparison
+from zoo.bench.measure import peak_tensor_bytes, time_interleaved
 from zoo.bench.models import prompts, random_pages, transformers_pixels
 from zoo.inputs.processor import IGNORE_INDEX
 
@@ -52,10 +52,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             comparison(f"{name}: forward + backward", times["zoo"], times["transformers"], "<= 0.8")
         )
         rows.append(
-            comparison(
+            memory_comparison(
                 f"{name}: peak memory",
-                Stats.of([memory["zoo"] / 2**20], "MiB"),
-                Stats.of([memory["transformers"] / 2**20], "MiB"),
+                memory["zoo"],
+                memory["transformers"],
                 "<= 1.0",
             )
         )

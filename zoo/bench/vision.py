@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from zoo.bench.context import BenchContext, comparison
-from zoo.bench.measure import Stats, peak_tensor_bytes, time_interleaved
+from zoo.bench.context import BenchContext, comparison, memory_comparison
+from zoo.bench.measure import peak_tensor_bytes, time_interleaved
 from zoo.bench.models import random_pages, transformers_pixels
 from zoo.inputs.preprocessing import ImageBatch
 
@@ -66,10 +66,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             memory = {side: peak_tensor_bytes(call) for side, call in calls.items()}
         rows.append(comparison(f"{case}: time", times["zoo"], times["transformers"], "<= 1.0"))
         rows.append(
-            comparison(
+            memory_comparison(
                 f"{case}: peak memory",
-                Stats.of([memory["zoo"] / 2**20], "MiB"),
-                Stats.of([memory["transformers"] / 2**20], "MiB"),
+                memory["zoo"],
+                memory["transformers"],
                 "<= 1.0",
             )
         )

@@ -19,6 +19,8 @@ from torch.utils.data import (
     Sampler,
 )
 
+from zoo.inputs.preprocessing import TRANSPOSING_ORIENTATIONS, exif_orientation, to_rgb_page
+
 log = logging.getLogger(__name__)
 
 
@@ -30,23 +32,38 @@ class PageSample:
     markdown: str
 
 
+# What a page file that cannot be decoded raises.
+UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+
+
+def open_page(path: Path | str) -> Image.Image:
+    """The page image at ``path`` in RGB, upright, 8 bits, on white (see
+    :func:`~zoo.inputs.preprocessing.to_rgb_page`); raises one of
+    :data:`UNREADABLE_IMAGE_ERRORS` when the file cannot be decoded."""
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb_page(image)
+
+
 def load_image(path: Path | str) -> Image.Image | None:
-    """The RGB image at ``path``; None (and a warning naming the file and the reason) when it
-    cannot be read."""
+    """The page image at ``path`` (:func:`open_page`); None (and a warning naming the file and
+    the reason) when it cannot be read."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        return open_page(path)
+    except UNREADABLE_IMAGE_ERRORS as error:
         log.warning("skipping unreadable image %s: %s", path, error)
         return None
 
 
 def image_size(path: Path | str) -> tuple[int, int] | None:
-    """Width and height from the file header (no decoding); None when unreadable."""
+    """Width and height of the upright page, from the file header (no decoding); None when
+    unreadable."""
     try:
         with Image.open(path) as image:
-            return image.size
-    except (OSError, ValueError, Image.DecompressionBombError):
+            width, height = image.size
+            turned = exif_orientation(image) in TRANSPOSING_ORIENTATIONS
+            return (height, width) if turned else (width, height)
+    except UNREADABLE_IMAGE_ERRORS:
         return None
 
 

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from zoo.eval.omnidocbench import (
-    METRIC_KEYS,
+    METRICS,
+    PAGE_METRICS,
     PAGE_TYPES,
     load_ground_truth,
     match_page,
@@ -19,16 +20,9 @@ from zoo.eval.omnidocbench import (
     select_pages,
     summarize,
 )
-
-_LABELS = {
-    "text_edit": "Text edit ↓",
-    "formula_edit": "Formula edit ↓",
-    "table_teds": "Table TEDS ↑",
-    "table_teds_structure": "Table TEDS-S ↑",
-    "table_edit": "Table edit ↓",
-    "reading_order_edit": "Reading-order edit ↓",
-    "overall": "Overall ↑",
-}
+from zoo.eval.provenance import scoring_provenance
+from zoo.eval.repetition import is_repetition_loop
+from zoo.io.atomic import write_text_atomic
 
 
 def find_prediction(predictions_dir: Path, image_name: str) -> Path | None:
@@ -54,22 +48,29 @@ def score_predictions(
     """Score every ground-truth page (optionally only those whose page attributes match
     ``page_filter``, e.g. ``{"language": "english"}``) against its ``.md`` prediction.
 
-    A page without a prediction file is scored as an empty page and counted in ``n_missing``.
-    Returns the metrics dict: ``text_edit``, ``formula_edit``, ``table_teds``,
-    ``table_teds_structure``, ``table_edit``, ``reading_order_edit``, ``overall``
-    (+ ``overall_note``, ``formula_cdm``), ``per_page_type``, ``n_pages``, ``n_missing`` and
-    ``pages`` (one record per page).
+    A page without a prediction file is scored as an empty page and counted in ``n_missing``;
+    a page whose output ran into the token limit or ends in a loop is counted in
+    ``n_repetition_loops`` (:mod:`zoo.eval.repetition`). Returns the metrics dict: one entry per
+    row of :data:`~zoo.eval.omnidocbench.metrics.METRICS` (``overall``, ``text_edit``,
+    ``table_teds``, ...; + ``overall_note``), ``per_page_type``, ``n_pages``, ``n_missing``,
+    ``n_repetition_loops``, ``provenance`` (what was scored, how) and ``pages`` (one record per
+    page).
     """
     predictions_dir = Path(predictions_dir)
     if not predictions_dir.is_dir():
         raise NotADirectoryError(f"predictions={predictions_dir}: expected a folder of .md files")
-    pages = select_pages(load_ground_truth(ground_truth), page_filter)
+    all_pages = load_ground_truth(ground_truth)
+    pages = select_pages(all_pages, page_filter)
     matched = []
     for page in pages:
         path = find_prediction(predictions_dir, page.image_name)
         markdown = "" if path is None else path.read_text(encoding="utf-8", errors="replace")
-        matched.append(match_page(page, markdown, missing=path is None))
-    return summarize(page_records(matched))
+        matches = match_page(page, markdown, missing=path is None)
+        matches.repetition_loop = path is not None and is_repetition_loop(path, markdown)
+        matched.append(matches)
+    metrics = summarize(page_records(matched))
+    metrics["provenance"] = scoring_provenance(Path(ground_truth), len(all_pages), page_filter)
+    return metrics
 
 
 def write_metrics(metrics: dict, out_dir: Path) -> Path:
@@ -77,30 +78,30 @@ def write_metrics(metrics: dict, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return path
-
-
-def _cell(value: float | None, key: str) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.2f}" if "teds" in key or key == "overall" else f"{value:.3f}"
 
 
 def format_table(metrics: dict) -> str:
     """The headline metrics, then one row per page type, as aligned plain text."""
-    lines = [f"OmniDocBench v1.5: {metrics['n_pages']} pages, {metrics['n_missing']} missing"]
-    width = max(len(label) for label in _LABELS.values())
-    for key, label in _LABELS.items():
-        lines.append(f"  {label:<{width}}  {_cell(metrics[key], key)}")
+    lines = [
+        f"OmniDocBench v1.5: {metrics['n_pages']} pages, {metrics['n_missing']} missing, "
+        f"{metrics['n_repetition_loops']} with a repetition loop"
+    ]
+    width = max(len(metric.header) for metric in METRICS)
+    for metric in METRICS:
+        lines.append(f"  {metric.header:<{width}}  {metric.format(metrics[metric.key])}")
     if metrics.get("overall_note"):
         lines.append(f"  note: {metrics['overall_note']}")
-    columns = ["page type", "pages", *(_LABELS[key].rstrip(" ↑↓") for key in METRIC_KEYS)]
+    columns = ["page type", "pages", *(metric.label for metric in PAGE_METRICS)]
     rows = [
         [
             page_type,
             str(metrics["per_page_type"][page_type]["n_pages"]),
-            *(_cell(metrics["per_page_type"][page_type][key], key) for key in METRIC_KEYS),
+            *(
+                metric.format(metrics["per_page_type"][page_type][metric.key])
+                for metric in PAGE_METRICS
+            ),
         ]
         for page_type in PAGE_TYPES
     ]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from zoo.data.page_datasets import UNREADABLE_IMAGE_ERRORS, open_page
 from zoo.eval.omnidocbench import GroundTruthPage, load_ground_truth, match_page, select_pages
 from zoo.eval.omnidocbench.distance import normalized_edit_distance
 from zoo.eval.predictions import find_prediction
@@ -159,12 +160,11 @@ def draw_pages(
     written = []
     for page in selected:
         try:
-            with Image.open(Path(images_dir) / page.image_name) as image:
-                image.load()
-                path = find_prediction(Path(predictions_dir), page.image_name)
-                markdown = "" if path is None else path.read_text("utf-8", errors="replace")
-                picture = draw_reading_order(image, page_reading_orders(page, markdown))
-        except (OSError, ValueError) as error:
+            image = open_page(Path(images_dir) / page.image_name)  # upright, as the model saw it
+            path = find_prediction(Path(predictions_dir), page.image_name)
+            markdown = "" if path is None else path.read_text("utf-8", errors="replace")
+            picture = draw_reading_order(image, page_reading_orders(page, markdown))
+        except UNREADABLE_IMAGE_ERRORS as error:
             log.warning("skipping %s: %s", page.image_name, error)
             continue
         target = out_dir / f"{page.name}.png"

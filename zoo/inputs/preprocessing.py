@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
@@ -299,16 +299,44 @@ def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.div_(255).sub_(mean).div_(std)
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# EXIF orientations that swap width and height (rotated by 90 or 270 degrees, maybe mirrored)
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1: upright), read from the header without decoding pixels."""
+    try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except (ValueError, TypeError, OSError):  # an unreadable EXIF block: take the page as stored
+        return 1
+
+
+def to_rgb_page(image: Image.Image) -> Image.Image:
+    """A page as the model sees it, in RGB: turned upright by its EXIF orientation (as the
+    official loaders' ``exif_transpose``), 16-bit grey scaled from 0..65535 to 0..255 (a plain
+    ``convert("RGB")`` clips it to a blank white page) and transparency composited onto white
+    (the official ``convert("RGB")`` drops alpha, so a transparent background turns black)."""
+    if exif_orientation(image) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode in SIXTEEN_BIT_MODES:
+        pixels = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        image = Image.fromarray(((pixels + 128) // 257).astype(np.uint8))
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        page = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(page, image.convert("RGBA")).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def _as_rgb(image: object, index: int) -> Image.Image:
-    """The page as an RGB PIL image (alpha dropped, as the official ``convert('RGB')``)."""
+    """The page as an RGB PIL image (see :func:`to_rgb_page`)."""
     if not isinstance(image, Image.Image):
         raise TypeError(f"image {index}: expected a PIL.Image.Image, got {type(image).__name__}")
     if image.width == 0 or image.height == 0:
         raise ValueError(f"image {index}: has zero size {image.width}x{image.height}")
-    if image.mode == "RGB":
-        return image
     try:
-        return image.convert("RGB")
+        return to_rgb_page(image)
     except (ValueError, OSError) as err:
         raise ValueError(
             f"image {index}: cannot convert PIL mode {image.mode!r} to RGB ({err})"

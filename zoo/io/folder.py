@@ -40,6 +40,19 @@ class CheckpointFormatError(ValueError):
     """A folder that is not a checkpoint this version can read, or a model a layout cannot hold."""
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A config file that must hold a JSON object; anything else fails naming the file."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointFormatError(
+            f"{path}: not valid JSON ({error}); expected a JSON object"
+        ) from None
+    if not isinstance(config, dict):
+        raise CheckpointFormatError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
 def detect_layout(directory: str | Path) -> tuple[str, dict[str, Any]]:
     """``(layout, the folder's config file as a dict)``; layout is one of :data:`LAYOUTS`."""
     directory = Path(directory)
@@ -47,7 +60,7 @@ def detect_layout(directory: str | Path) -> tuple[str, dict[str, Any]]:
         raise FileNotFoundError(f"checkpoint folder {str(directory)!r} does not exist")
     zoo_config = directory / CONFIG_FILE
     if zoo_config.is_file():
-        config = json.loads(zoo_config.read_text())
+        config = read_json_object(zoo_config)
         if config.get("format_version") != FORMAT_VERSION:
             raise CheckpointFormatError(
                 f"{zoo_config}: format_version {config.get('format_version')!r}; this version "
@@ -56,7 +69,7 @@ def detect_layout(directory: str | Path) -> tuple[str, dict[str, Any]]:
         return "zoo", config
     released = directory / RELEASED_CONFIG_FILE
     if released.is_file():
-        config = json.loads(released.read_text())
+        config = read_json_object(released)
         if config.get("model_type") == TRANSFORMERS_MODEL_TYPE:
             return "transformers", config
         if vision_name(config) is not None:
@@ -78,6 +91,11 @@ def read_build_config(directory: str | Path) -> dict[str, Any]:
     source = str(Path(directory) / (CONFIG_FILE if layout == "zoo" else RELEASED_CONFIG_FILE))
     try:
         if layout == "zoo":
+            if not isinstance(config.get("build"), dict):
+                raise CheckpointFormatError(
+                    f"{source}: expected a 'build' object (the build_model config: encoder, "
+                    f"projector, decoder, model); got keys {sorted(config)}"
+                )
             return upgrade_build_config(config["build"])
         if layout == "official":
             return build_config_from_official(config, source)

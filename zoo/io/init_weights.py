@@ -3,8 +3,10 @@
 ``from_pretrained``: a whole model from a checkpoint folder (``zoo.io.load.from_pretrained``).
 ``encoder_from``: only the encoder, from a Lightning ``.ckpt`` of an earlier stage or a
 ``from_pretrained`` folder (e.g. stage 1's encoder under stage 2's MoE decoder).
-``sam`` / ``clip`` / ``qwen2``: one encoder part each from a transformers folder
-(``config.json`` + ``*.safetensors``; SAM and CLIP also from a timm folder), see
+Any other key names a public weight format one part of the model declares
+(:meth:`~zoo.model.component.Component.weight_sources`): ``sam`` (the vision tokenizer),
+``clip`` (v1's CLIP stage), ``qwen2`` (v2's LM encoder), each a transformers folder
+(``config.json`` + ``*.safetensors``; SAM and CLIP also a timm folder), see
 :mod:`zoo.io.convert.pretrained_parts`.
 They are applied in that order; every load names the tensors that are missing or mis-shaped.
 """
@@ -12,33 +14,22 @@ They are applied in that order; every load names the tensors that are missing or
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from zoo.io.convert.pretrained_parts import (
-    SAM_PARTS_NOT_IN_SAM,
-    clip_from_checkpoint,
-    qwen2_from_transformers,
-    sam_from_checkpoint,
-)
+from zoo.io.lightning_checkpoint import read_checkpoint_file
 from zoo.io.load import from_pretrained
 from zoo.io.tensors import InitError, load_checked, read_safetensors_folder
+from zoo.model.ocr_model import OCRModel
 
 log = logging.getLogger(__name__)
 
-INIT_KEYS = ("from_pretrained", "encoder_from", "sam", "clip", "qwen2")
+# the keys of any model; the others are the weight sources its parts declare
+INIT_KEYS = ("from_pretrained", "encoder_from")
 LIGHTNING_MODEL_PREFIX = "model."
-
-# part key -> (module path in OCRModel, converter, zoo names the source never has)
-PARTS: dict[str, tuple[str, Callable[[dict], dict], tuple[str, ...]]] = {
-    "sam": ("encoder.tokenizer", sam_from_checkpoint, SAM_PARTS_NOT_IN_SAM),
-    "clip": ("encoder.clip", clip_from_checkpoint, ()),
-    "qwen2": ("encoder.lm", qwen2_from_transformers, ()),
-}
 
 
 def encoder_state(path: Path | str) -> dict[str, torch.Tensor]:
@@ -46,7 +37,7 @@ def encoder_state(path: Path | str) -> dict[str, torch.Tensor]:
     ``from_pretrained`` folder, named relative to the encoder."""
     path = Path(path)
     if path.is_file():
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint_file(path)
         if "state_dict" not in checkpoint:
             raise InitError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
         prefix = LIGHTNING_MODEL_PREFIX + "encoder."
@@ -61,13 +52,18 @@ def encoder_state(path: Path | str) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"init.encoder_from: {path} is neither a .ckpt file nor a folder")
 
 
-def initialize(model: nn.Module, init: Mapping[str, Any] | None) -> None:
+def initialize(model: OCRModel, init: Mapping[str, Any] | None) -> None:
     """Apply a run config's ``init`` node to a freshly built
-    :class:`~zoo.model.ocr_model.OCRModel`."""
-    init = dict(init or {})
-    unknown = set(init) - set(INIT_KEYS)
+    :class:`~zoo.model.ocr_model.OCRModel`; keys set to null are skipped."""
+    init = {key: value for key, value in dict(init or {}).items() if value}
+    sources = model.weight_sources()
+    unknown = set(init) - set(INIT_KEYS) - set(sources)
     if unknown:
-        raise ValueError(f"init: unknown keys {sorted(unknown)}; valid: {list(INIT_KEYS)}")
+        raise InitError(
+            f"init: {sorted(unknown)} fit no part of this model (encoder "
+            f"{type(model.encoder).__name__}, decoder {type(model.decoder).__name__}); valid "
+            f"for it: {[*INIT_KEYS, *sources]}"
+        )
     if init.get("from_pretrained"):
         source = init["from_pretrained"]
         load_checked(model, from_pretrained(source).state_dict(), f"init.from_pretrained={source}")
@@ -76,17 +72,10 @@ def initialize(model: nn.Module, init: Mapping[str, Any] | None) -> None:
         source = init["encoder_from"]
         load_checked(model.encoder, encoder_state(source), f"init.encoder_from={source}")
         log.info("initialised the encoder from %s", source)
-    for key, (module_path, convert, may_be_missing) in PARTS.items():
-        if not init.get(key):
+    for key, part in sources.items():
+        if key not in init:
             continue
-        source = init[key]
-        try:
-            module = model.get_submodule(module_path)
-        except AttributeError as error:
-            raise InitError(
-                f"init.{key}: this model has no {module_path} (encoder "
-                f"{type(model.encoder).__name__}); sam fits both encoders, clip v1, qwen2 v2"
-            ) from error
-        tensors = convert(read_safetensors_folder(source))
-        load_checked(module, tensors, f"init.{key}={source}", may_be_missing)
-        log.info("initialised %s from %s", module_path, source)
+        tensors = part.convert(read_safetensors_folder(init[key]))
+        module = model.get_submodule(part.submodule)
+        load_checked(module, tensors, f"init.{key}={init[key]}", part.never_in_source)
+        log.info("initialised %s from %s", part.submodule, init[key])

@@ -9,15 +9,16 @@ with their names. Tokenizer files in the folder are used.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from zoo.inputs.processor import OCRProcessor
 from zoo.inputs.text_tokenizer import PretrainedTokenizer, load_text_tokenizer
 from zoo.io.convert.official_checkpoint import ReleasedLayoutError, official_to_zoo_tensors
 from zoo.io.folder import (
+    CONFIG_FILE,
     TOKENIZER_FILES,
     CheckpointFormatError,
     detect_layout,
@@ -26,6 +27,7 @@ from zoo.io.folder import (
 from zoo.io.tensors import load_checked, read_safetensors_folder
 from zoo.model.build import build_model
 from zoo.model.ocr_model import OCRModel
+from zoo.registry import check_plugins_loaded, import_plugins
 
 
 def _zoo_tensors(directory: Path, layout: str, config: dict, build: dict) -> dict:
@@ -49,15 +51,25 @@ def _folder_tokenizer(directory: Path) -> PretrainedTokenizer | None:
 
 
 def from_pretrained(
-    path: str | Path, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    plugins: Sequence[str] = (),
 ) -> OCRModel:
     """The model in ``path`` (any layout of this module), in eval mode.
 
     ``dtype`` defaults to float32 whatever the stored precision (the releases are bfloat16).
+    ``plugins``: the modules of user components this model needs, imported because the caller
+    names them; a plugin the folder's config lists but the caller did not name (nor import)
+    fails with :class:`~zoo.registry.PluginNotAllowedError`, so loading never runs code the
+    checkpoint chose.
     """
     directory = Path(path)
     layout, config = detect_layout(directory)
     build = read_build_config(directory)
+    import_plugins(plugins)
+    check_plugins_loaded(build.get("plugins") or [], f"{directory / CONFIG_FILE} (build.plugins)")
     tensors = _zoo_tensors(directory, layout, config, build)
     dtype = dtype or torch.get_default_dtype()
     for name, tensor in tensors.items():
@@ -77,13 +89,10 @@ def from_pretrained(
     return model.to(device=device).eval()
 
 
-def recompute_derived_buffers(model: nn.Module) -> None:
-    """Fill the buffers no checkpoint stores (each module's ``reset_derived_buffers``) and check
-    that nothing is left on the meta device."""
-    for module in model.modules():
-        reset = getattr(module, "reset_derived_buffers", None)
-        if reset is not None:
-            reset()
+def recompute_derived_buffers(model: OCRModel) -> None:
+    """Fill the buffers no checkpoint stores (each component's ``reset_derived_buffers``) and
+    check that nothing is left on the meta device."""
+    model.reset_derived_buffers()
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise RuntimeError(f"tensors left unloaded on the meta device: {left[:10]}")

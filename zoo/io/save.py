@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import save_file
 
+from zoo.io.atomic import atomic_path, write_text_atomic
 from zoo.io.convert.official_checkpoint import (
     ReleasedLayoutError,
     official_config,
@@ -56,9 +57,11 @@ def save_pretrained(model: OCRModel, directory: str | Path, layout: str = "zoo")
         raise CheckpointFormatError(f"cannot save in the {layout} layout: {error}") from error
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: tensor.detach().contiguous() for name, tensor in tensors.items()}
-    save_file(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    # each file renamed into place when complete: a full disk never leaves a truncated one
+    with atomic_path(directory / WEIGHTS_FILE) as temporary:
+        save_file(tensors, temporary, metadata={"format": "pt"})
     config_file = CONFIG_FILE if layout == "zoo" else RELEASED_CONFIG_FILE
-    (directory / config_file).write_text(config_text)
+    write_text_atomic(directory / config_file, config_text)
     _copy_tokenizer_files(build.get("text_tokenizer"), directory)
     return directory
 
@@ -85,4 +88,5 @@ def _copy_tokenizer_files(spec: Any, directory: Path) -> None:
         return
     for name in TOKENIZER_FILES:
         if (Path(path) / name).is_file():
-            shutil.copyfile(Path(path) / name, directory / name)
+            with atomic_path(directory / name) as temporary:
+                shutil.copyfile(Path(path) / name, temporary)

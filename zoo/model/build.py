@@ -10,7 +10,12 @@ from zoo.inputs.preprocessing import ViewMode, get_view_mode
 from zoo.inputs.text_tokenizer import TextTokenizer, load_text_tokenizer
 from zoo.model.config import BUILD_KEYS, split_name, to_plain
 from zoo.model.ocr_model import OCRModel
-from zoo.registry import create_decoder, create_encoder, create_projector, import_plugins
+from zoo.registry import (
+    check_plugins_loaded,
+    create_decoder,
+    create_encoder,
+    create_projector,
+)
 
 
 class ComponentMismatchError(ValueError):
@@ -24,9 +29,10 @@ def build_model(cfg: Mapping[str, Any], tokenizer: TextTokenizer | None = None) 
     keyword arguments), ``model`` (``image_mode``: a view-mode name or mapping; optionally
     ``image_token_id``, which a configured tokenizer must agree with) and optionally
     ``text_tokenizer`` (see :func:`zoo.inputs.text_tokenizer.load_text_tokenizer`) and ``plugins``
-    (modules to import first, so user components register).
+    (modules whose components it uses: they must be imported already, since a config may come
+    from an untrusted checkpoint; see :func:`zoo.registry.check_plugins_loaded`).
     """
-    import_plugins(to_plain(cfg.get("plugins")) or [])
+    check_plugins_loaded(to_plain(cfg.get("plugins")) or [])
     tokenizer_given = tokenizer is not None or bool(cfg.get("text_tokenizer"))
     if tokenizer is None:
         tokenizer = load_text_tokenizer(to_plain(cfg.get("text_tokenizer")))

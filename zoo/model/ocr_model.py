@@ -25,6 +25,7 @@ from zoo.inputs.image_layout import assemble_image_embeddings, num_image_tokens
 from zoo.inputs.preprocessing import ImageBatch, ViewMode, get_view_mode, preprocess
 from zoo.inputs.processor import IGNORE_INDEX
 from zoo.io.save import save_pretrained as save_folder
+from zoo.model.component import Component, merge_declarations
 
 ViewModeSpec = ViewMode | str | Mapping[str, object] | None
 
@@ -39,11 +40,13 @@ class OCROutput:
     past_key_values: object | None = None
 
 
-class OCRModel(nn.Module):
+class OCRModel(Component):
     """A vision encoder, a projector and a language decoder composed into one OCR model.
 
     ``image_mode`` (a :class:`ViewMode` or its name) fixes how pages are cut into views and
     laid out as tokens; v1 modes lay out rows with a learned newline vector, v2 does not.
+    As a :class:`Component` it gathers its encoder's and decoder's declarations and adds its
+    own parts (projector, layout vectors).
     """
 
     # The build_model config that made this model (set by build_model), which save_pretrained
@@ -70,6 +73,20 @@ class OCRModel(nn.Module):
         self.image_newline = (
             nn.Parameter(torch.randn(width) * width**-0.5) if self.image_mode.newlines else None
         )
+
+    def layout_vectors(self) -> list[str]:
+        """Names of the learned vectors laid out between image tokens (separator, newline)."""
+        return [n for n in ("view_separator", "image_newline") if getattr(self, n) is not None]
+
+    def no_weight_decay(self) -> set[str]:
+        """The encoder's and decoder's, and the layout vectors (learned tokens)."""
+        return super().no_weight_decay() | set(self.layout_vectors())
+
+    def roles(self) -> dict[str, str]:
+        """The encoder's and decoder's roles, and ``encoder``, ``projector``, ``decoder`` and
+        each layout vector (``view_separator``; ``image_newline`` in v1 modes)."""
+        own = {name: name for name in ("encoder", "projector", "decoder", *self.layout_vectors())}
+        return merge_declarations([("OCRModel", own), ("a part", super().roles())], "role")
 
     def _mode(self, mode: ViewModeSpec) -> ViewMode:
         """``mode`` (default: the model's); refused when its token layout is not the model's."""

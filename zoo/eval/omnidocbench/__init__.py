@@ -15,17 +15,22 @@ from zoo.eval.omnidocbench.ground_truth import (
     select_pages,
 )
 from zoo.eval.omnidocbench.markdown_blocks import Block, split_markdown
+from zoo.eval.omnidocbench.metrics import METRIC_BY_KEY, METRICS, PAGE_METRICS, PAGE_VALUES, Metric
 from zoo.eval.omnidocbench.normalize import normalize_formula, normalize_table_html, normalize_text
 from zoo.eval.omnidocbench.pages import PageMatches, match_page
-from zoo.eval.omnidocbench.scores import METRIC_KEYS, page_records, summarize
+from zoo.eval.omnidocbench.scores import page_records, summarize
 from zoo.eval.omnidocbench.teds import teds
 
 __all__ = [
-    "METRIC_KEYS",
+    "METRICS",
+    "METRIC_BY_KEY",
+    "PAGE_METRICS",
+    "PAGE_VALUES",
     "PAGE_TYPES",
     "Block",
     "GroundTruthError",
     "GroundTruthPage",
+    "Metric",
     "PageMatches",
     "edit_distance",
     "load_ground_truth",

@@ -35,6 +35,8 @@ class PageMatches:
     formulas: list[MatchedPair] = field(default_factory=list)
     tables: list[TablePair] = field(default_factory=list)
     reading_order: tuple[list, list] | None = None  # (ground-truth order, predicted order)
+    repetition_loop: bool = False  # the output ran into the token limit or ends in a loop
+    match_bounded: bool = False  # too long to match fully: matched one-to-one only
 
 
 def reading_orders(text_pairs: list[MatchedPair]) -> tuple[list, list] | None:
@@ -79,7 +81,8 @@ def match_page(page: GroundTruthPage, markdown: str, missing: bool = False) -> P
     gt_blocks = sort_by_order(
         [block for category in _MATCHED_CATEGORIES for block in by_category.get(category, [])]
     )
-    for pair in match_text_and_formulas(gt_blocks, mixed):
+    pairs, matches.match_bounded = match_text_and_formulas(gt_blocks, mixed)
+    for pair in pairs:
         if pair.gt_category == FORMULA_CATEGORY:
             matches.formulas.append(pair)
         else:

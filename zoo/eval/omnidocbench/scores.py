@@ -1,9 +1,12 @@
-"""From matched pages to the OmniDocBench v1.5 metrics, page-level as the official leaderboard.
+"""From matched pages to the OmniDocBench v1.5 metrics, as the official evaluator aggregates them.
 
 Edit distances are page-level: on each page the edits of all its pairs are summed and divided
-by the summed lengths (the longer side of each pair), then pages are averaged. TEDS is
-averaged over a page's tables, then over pages. Pages without any pair of a kind do not count
-for that kind. TEDS and Overall are on a 0-100 scale, edit distances on 0-1.
+by the summed lengths (the longer side of each pair), then pages are averaged. Table TEDS is the
+mean over every matched table of the run (the official evaluator's ``all`` entry); the
+``*_page_avg`` variants average per page first. Pages without any pair of a kind do not count
+for that kind. How each metric is aggregated is its row in
+:data:`zoo.eval.omnidocbench.metrics.METRICS`. TEDS and Overall are on a 0-100 scale, edit
+distances on 0-1.
 """
 
 from __future__ import annotations
@@ -14,18 +17,11 @@ from zoo.eval.omnidocbench.distance import edit_distance
 from zoo.eval.omnidocbench.ground_truth import PAGE_TYPES
 from zoo.eval.omnidocbench.markdown_blocks import FORMULA, INLINE_FORMULA
 from zoo.eval.omnidocbench.matching import MatchedPair, TablePair
+from zoo.eval.omnidocbench.metrics import METRICS, PAGE_METRICS, PAGES, TABLES, Metric
 from zoo.eval.omnidocbench.normalize import clean_text, latex_to_unicode, normalize_table_html
 from zoo.eval.omnidocbench.pages import PageMatches
 from zoo.eval.omnidocbench.teds import teds
 
-METRIC_KEYS = (
-    "text_edit",
-    "formula_edit",
-    "table_teds",
-    "table_teds_structure",
-    "table_edit",
-    "reading_order_edit",
-)
 CDM_NOTE = (
     "formula CDM needs a LaTeX rendering stack and is not computed; overall is the mean of "
     "(1 - text_edit) * 100 and table_teds instead of the three-way v1.5 Overall"
@@ -94,6 +90,8 @@ def page_record(matches: PageMatches, text: list, formulas: list) -> dict:
         "n_text_blocks": len(text),
         "n_formulas": len(formulas),
         "n_tables": len(tables),
+        "repetition_loop": matches.repetition_loop,
+        "match_bounded": matches.match_bounded,
     }
 
 
@@ -116,9 +114,18 @@ def page_records(pages: list[PageMatches]) -> list[dict]:
     return records
 
 
-def _mean_over_pages(records: list[dict], key: str) -> float | None:
-    values = [record[key] for record in records if record[key] is not None]
-    return fmean(values) if values else None
+def aggregate(records: list[dict], metric: Metric) -> float | None:
+    """``metric`` over ``records``: the mean of the page values, or (over matched tables) the
+    mean of the page means weighted by the page's table count, which is the mean over all
+    tables. None when no page has a value."""
+    scored = [record for record in records if record[metric.page_value] is not None]
+    if metric.aggregate == PAGES:
+        return fmean(record[metric.page_value] for record in scored) if scored else None
+    if metric.aggregate == TABLES:
+        n_tables = sum(record["n_tables"] for record in scored)
+        total = sum(record[metric.page_value] * record["n_tables"] for record in scored)
+        return total / n_tables if n_tables else None
+    raise ValueError(f"metric {metric.key!r}: no per-page aggregate {metric.aggregate!r}")
 
 
 def summarize(records: list[dict]) -> dict:
@@ -127,20 +134,21 @@ def summarize(records: list[dict]) -> dict:
     Overall = ((1 - text_edit) * 100 + table_teds + formula CDM) / 3 in v1.5; CDM is not
     computed here, so Overall is the mean of the other two and ``overall_note`` says so.
     """
-    metrics = {key: _mean_over_pages(records, key) for key in METRIC_KEYS}
+    metrics: dict = {metric.key: None for metric in METRICS}
+    metrics.update({metric.key: aggregate(records, metric) for metric in PAGE_METRICS})
     parts = [metrics["table_teds"]]
     if metrics["text_edit"] is not None:
         parts.append((1 - metrics["text_edit"]) * 100)
     parts = [part for part in parts if part is not None]
-    metrics["formula_cdm"] = None
     metrics["overall"] = fmean(parts) if parts else None
     metrics["overall_note"] = CDM_NOTE
     metrics["per_page_type"] = {}
     for page_type in PAGE_TYPES:
         typed = [record for record in records if record["page_type"] == page_type]
-        breakdown = {key: _mean_over_pages(typed, key) for key in METRIC_KEYS}
+        breakdown = {metric.key: aggregate(typed, metric) for metric in PAGE_METRICS}
         metrics["per_page_type"][page_type] = {**breakdown, "n_pages": len(typed)}
     metrics["n_pages"] = len(records)
     metrics["n_missing"] = sum(record["missing"] for record in records)
+    metrics["n_repetition_loops"] = sum(record["repetition_loop"] for record in records)
     metrics["pages"] = records
     return metrics

@@ -1,4 +1,5 @@
-"""Attention with SAM's decomposed relative-position bias, lean in memory on CPU.
+"""Attention with SAM's decomposed relative-position bias, lean in memory on CPU: the
+specialisation of the attention core for SAM's blocks.
 
 The bias of query ``(y, x)`` for key ``(ky, kx)`` is ``by_row[y, x, ky] + by_col[y, x, kx]``.
 SDPA passes a gradient to a float mask only through its math path, which keeps the bias, the
@@ -17,6 +18,35 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from zoo.layers.attention import sdpa_attention
+
+
+def relative_position_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
+    """``[size, size, D]`` embeddings of the offsets ``q - k`` along one grid axis of ``size``.
+
+    ``rel_pos`` holds one row per offset ``-(L-1)..(L-1)``; when the grid side differs from the
+    one it was trained for it is linearly resized (float32) to ``2 * size - 1`` rows first.
+    """
+    offsets = 2 * size - 1
+    if rel_pos.shape[0] != offsets:
+        resized = F.interpolate(rel_pos.float().T[None], size=offsets, mode="linear")
+        rel_pos = resized[0].T.to(rel_pos.dtype)
+    coords = torch.arange(size, device=rel_pos.device)
+    return rel_pos[coords[:, None] - coords[None, :] + (size - 1)]
+
+
+def relative_position_factors(
+    query: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bias's row and column terms ``[N, heads, h, w, h]`` and ``[N, heads, h, w, w]``
+    from unscaled queries ``[N, heads, h*w, D]``, contiguous (einsum may permute strides)."""
+    rows = relative_position_table(rel_pos_h, height)
+    cols = relative_position_table(rel_pos_w, width)
+    grid_query = query.unflatten(2, (height, width))
+    by_row = torch.einsum("nhyxc,ykc->nhyxk", grid_query, rows).contiguous()
+    by_col = torch.einsum("nhyxc,xkc->nhyxk", grid_query, cols).contiguous()
+    return by_row, by_col
 
 
 class DecomposedRelPosAttention(torch.autograd.Function):
@@ -86,5 +116,27 @@ def relpos_sdpa(
     for start in range(0, length, rows):
         block = slice(start, start + rows)
         bias = (by_row[:, :, block, :, None] + by_col[:, :, block, None, :]).flatten(-2)
-        blocks.append(F.scaled_dot_product_attention(query[:, :, block], key, value, bias))
+        blocks.append(sdpa_attention(query[:, :, block], key, value, bias))
     return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
+
+
+def relpos_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    grid: tuple[int, int],
+) -> torch.Tensor:
+    """Attention over ``[N, heads, h*w, D]`` heads of an ``h x w`` grid whose score of query
+    ``(qh, qw)`` for key ``(kh, kw)`` gets ``q . Rh[qh - kh] + q . Rw[qw - kw]`` added.
+
+    On CUDA the whole bias goes to SDPA as an additive mask; on CPU the two factors go to
+    :class:`DecomposedRelPosAttention` in training, and to SDPA block by block in inference
+    (:func:`relpos_sdpa`), which spares memory.
+    """
+    by_row, by_col = relative_position_factors(query, rel_pos_h, rel_pos_w, *grid)
+    if query.device.type == "cpu" and by_row.requires_grad:
+        return DecomposedRelPosAttention.apply(query, key, value, by_row, by_col)
+    blocks = BIAS_BLOCK_BYTES if query.device.type == "cpu" else None
+    return relpos_sdpa(query, key, value, by_row, by_col, blocks)
