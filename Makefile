@@ -1,18 +1,18 @@
 # Two commands on a fresh machine:  make train   and   make test
-# Each creates .venv when missing. TORCH pins the CPU wheel this project is developed on;
-# on a GPU machine use e.g. `make test TORCH=torch==2.14.1`.
+# Each creates .venv when missing. TORCH pins torch and the one torchvision build that loads
+# with it (timm, a dependency, imports torchvision); 2.14.1 is a CUDA build that also runs on CPU.
 PYTHON ?= python3
 VENV ?= .venv
-TORCH ?= torch==2.13.0
+TORCH ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: install train test lint
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 

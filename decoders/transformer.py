@@ -18,6 +18,7 @@ from decoders.kv_cache import KVCache, LayerCache
 from decoders.lm_head import ColumnMajorLMHead
 from decoders.moe import MoEFeedForward
 from zoo.layers import RMSNorm, Rope, RotaryEmbedding, ThreadedLinear
+from zoo.model.component import linear_paths
 
 
 class DecoderLayer(nn.Module):
@@ -140,6 +141,32 @@ class TransformerDecoder(LanguageDecoder):
     def roles(self) -> dict[str, str]:
         """``token_embedding`` and ``lm_head`` (the same table when tied)."""
         return {**super().roles(), "token_embedding": "embed_tokens", "lm_head": "lm_head"}
+
+    def adapter_targets(self) -> dict[str, list[str]]:
+        """``decoder_attention`` (every projection of each layer's attention), ``decoder_mlp``
+        (the dense feed-forward layers), ``shared_experts`` and ``routed_experts`` (each MoE
+        layer's stacked ``w_gate_up`` and ``w_down`` tensors)."""
+        targets: dict[str, list[str]] = {
+            "decoder_attention": [],
+            "decoder_mlp": [],
+            "shared_experts": [],
+            "routed_experts": [],
+        }
+        for i, layer in enumerate(self.layers):
+            targets["decoder_attention"] += linear_paths(layer.self_attn, f"layers.{i}.self_attn")
+            mlp = layer.mlp
+            if not isinstance(mlp, MoEFeedForward):
+                targets["decoder_mlp"] += linear_paths(mlp, f"layers.{i}.mlp")
+                continue
+            if mlp.shared_experts is not None:
+                targets["shared_experts"] += linear_paths(
+                    mlp.shared_experts, f"layers.{i}.mlp.shared_experts"
+                )
+            experts = f"layers.{i}.mlp.experts"
+            targets["routed_experts"] += [
+                f"{experts}.{name}" for name, _ in mlp.experts.named_parameters()
+            ]
+        return {**super().adapter_targets(), **targets}
 
     def forward(
         self,

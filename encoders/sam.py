@@ -216,8 +216,9 @@ class SamViTB(VisionEncoder):
         )
         self.out_dim = out_channels
 
-    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` pixels -> compressed feature map ``[B, out_dim, H/64, W/64]``."""
+    def neck_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` pixels -> SAM's own output, the neck map ``[B, neck_dim, H/16, W/16]``
+        (what a SAM checkpoint alone computes, before DeepSeek-OCR's compressor)."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(
                 f"pixel_values must be [B, 3, H, W], got shape {tuple(pixel_values.shape)}"
@@ -226,8 +227,11 @@ class SamViTB(VisionEncoder):
         x = x + resize_positions(self.pos_embed, x.shape[1], x.shape[2])
         for block in self.blocks:
             x = block(x)
-        x = self.neck(x.permute(0, 3, 1, 2))
-        return self.net_3(self.net_2(x))
+        return self.neck(x.permute(0, 3, 1, 2))
+
+    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` pixels -> compressed feature map ``[B, out_dim, H/64, W/64]``."""
+        return self.net_3(self.net_2(self.neck_features(pixel_values)))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.forward_features(pixel_values).flatten(2).transpose(1, 2)

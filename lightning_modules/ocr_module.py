@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from lightning_modules.expert_load import ExpertLoadMonitor
 from lightning_modules.metrics import (
@@ -20,6 +22,10 @@ from zoo.inputs.processor import IGNORE_INDEX, OCRProcessor
 from zoo.inputs.text_tokenizer import load_text_tokenizer
 from zoo.model.build import build_model
 from zoo.model.config import upgrade_build_config
+from zoo.model.lora import add_lora, has_lora, lora_config
+
+# the folder of the run directory the LoRA adapter is saved to at the end of training
+ADAPTER_DIR = "adapter"
 
 
 def prompts_of(batch: Mapping[str, Any], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +59,13 @@ class OCRLightningModule(L.LightningModule):
     rate (from scratch, a full-rate encoder can drift faster than the decoder learns to read
     it). Validation generates greedily for the first
     ``val_generate_pages`` pages (whole batches, up to ``val_max_new_tokens`` tokens each) and
-    scores text and reading-order edit distances against the batch's answers.
+    scores text and reading-order edit distances, and the character and word error rates users
+    of OCR measure, against the batch's answers.
+
+    ``lora`` (``rank``, ``alpha``, ``dropout``, ``targets``; rank 0 = off) trains peft LoRA
+    adapters on the target roles instead of the weights (:mod:`zoo.model.lora`); ``freeze``
+    applies to the adapters too, and the adapter folder is saved to ``<run dir>/adapter`` at the
+    end of training.
     """
 
     def __init__(
@@ -70,6 +82,7 @@ class OCRLightningModule(L.LightningModule):
         activation_checkpointing: bool = False,
         val_generate_pages: int = 4,
         val_max_new_tokens: int = 128,
+        lora: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -86,6 +99,7 @@ class OCRLightningModule(L.LightningModule):
                 "activation_checkpointing": activation_checkpointing,
                 "val_generate_pages": val_generate_pages,
                 "val_max_new_tokens": val_max_new_tokens,
+                "lora": dict(lora) if lora and lora.get("rank") else None,
             }
         )
         tokenizer = load_text_tokenizer(self.hparams.model_cfg.get("text_tokenizer"))
@@ -97,6 +111,8 @@ class OCRLightningModule(L.LightningModule):
         self.expert_load = ExpertLoadMonitor(self.model)
         self.val_text_edit = TextEditDistance()
         self.val_reading_order_edit = ReadingOrderEditDistance()
+        self.val_cer = CharErrorRate()
+        self.val_wer = WordErrorRate()
         self._last_batch_end: float | None = None
         self._val_pages_generated = 0
 
@@ -118,6 +134,21 @@ class OCRLightningModule(L.LightningModule):
         for name, param in self.model.named_parameters():
             if any(name == p or name.startswith(p + ".") for p in paths):
                 param.requires_grad_(False)
+
+    def configure_model(self) -> None:
+        """Add the LoRA adapters once: after ``init`` loaded the base weights (``make_module``)
+        and before Lightning restores a checkpoint, which then holds them."""
+        if self.hparams.lora is None or has_lora(self.model):
+            return
+        add_lora(self.model, lora_config(self.model, **self.hparams.lora))
+        self.freeze_prefixes(self.hparams.freeze)
+
+    def on_train_end(self) -> None:
+        """The LoRA adapter alone (peft's format) in ``<run dir>/adapter``."""
+        if self.hparams.lora is not None and self.trainer.is_global_zero:
+            from zoo.io.adapter import save_adapter
+
+            save_adapter(self.model, Path(self.trainer.default_root_dir) / ADAPTER_DIR)
 
     def forward(self, batch: Mapping[str, Any]):
         """The model's loss on a batch; logits only at the labelled positions (see OCRModel)."""
@@ -173,6 +204,8 @@ class OCRLightningModule(L.LightningModule):
             self._val_pages_generated += n_pages
             self.log("val/text_edit", self.val_text_edit, batch_size=n_pages)
             self.log("val/reading_order_edit", self.val_reading_order_edit, batch_size=n_pages)
+            self.log("val/cer", self.val_cer, batch_size=n_pages)
+            self.log("val/wer", self.val_wer, batch_size=n_pages)
 
     def _score_generation(self, batch: Mapping[str, Any]) -> None:
         """Greedy answers for the batch's pages, scored against the labelled answers."""
@@ -189,6 +222,8 @@ class OCRLightningModule(L.LightningModule):
         predictions = [self.processor.decode(row) for row in generated]
         references = [self.processor.decode(row[row != IGNORE_INDEX]) for row in batch["labels"]]
         self.val_text_edit.update(predictions, references)
+        self.val_cer.update(predictions, references)
+        self.val_wer.update(predictions, references)
         orders = [
             markdown_reading_orders(r, p) for r, p in zip(references, predictions, strict=True)
         ]

@@ -201,6 +201,8 @@ def test_cross_attention_backends_agree():
 # experiment -> a parameter of the module the ablation adds or swaps in
 NEW_MODULE_PARAMETER = {
     "tokenizer_patch_unshuffle": "encoder.tokenizer.proj.weight",
+    "tokenizer_timm_convnext": "encoder.tokenizer.model.stem.0.weight",
+    "tokenizer_timm_vit": "encoder.tokenizer.compressor.0.weight",
     "clip_stage_over_v2_tokenizer": "encoder.clip.blocks.0.attn.qkv.weight",
     "encoder_decoder_queries": "encoder.query_decoder.layers.0.cross_attn.k_proj.weight",
     "intervention_other_image": "encoder.lm.layers.0.self_attn.q_proj.weight",

@@ -112,14 +112,19 @@ def test_missing_predictions_count_as_empty_pages(demo: Path, tmp_path: Path) ->
     assert metrics["text_edit"] > OFFICIAL_DEMO["text_edit"]
 
 
-def test_malformed_markdown_never_crashes_and_pictures_are_drawn(
-    demo: Path, tmp_path: Path
-) -> None:
-    predictions = tmp_path / "predictions"
+def write_malformed_predictions(demo: Path, predictions: Path) -> Path:
+    """A folder with one malformed markdown prediction per demo page."""
     predictions.mkdir()
     for i, image in enumerate(sorted(os.listdir(demo / "images"))):
         text = MALFORMED_MARKDOWN[i % len(MALFORMED_MARKDOWN)]
         (predictions / f"{Path(image).stem}.md").write_text(text, encoding="utf-8")
+    return predictions
+
+
+def test_malformed_markdown_never_crashes_and_pictures_are_drawn(
+    demo: Path, tmp_path: Path
+) -> None:
+    predictions = write_malformed_predictions(demo, tmp_path / "predictions")
     overrides = [
         f"predictions={predictions}", f"ground_truth={demo / GT_FILE}", "pictures=true",
         "page_filter={data_source: exam_paper}",

@@ -18,7 +18,8 @@ Pages that already have a ``.md`` in the predictions folder are not run again, s
 ``predictions=<the interrupted run's folder>`` resumes a run. The run directory receives
 ``metrics.json`` (with the run's provenance: ground truth, matching, generation settings,
 checkpoint, zoo commit, wall time), ``pages.csv`` (one row per page) and, with
-``pictures=true``, reading-order pictures; the table of metrics is printed.
+``pictures=true``, reading-order pictures, with ``report=true`` a browsable ``report.html``
+(:mod:`zoo.eval.report`); the table of metrics is printed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from lightning_modules.stop_on_sigterm import StopOnSigterm
 from zoo.data.omnidocbench_pages import find_ground_truth, prediction_dataset
 from zoo.data.page_datasets import ImagePredictionDataset, collate_predictions
 from zoo.data.workers import ExitWithParent
+from zoo.eval.comparison import compare
 from zoo.eval.omnidocbench import PAGE_VALUES
 from zoo.eval.prediction_run import claim_predictions, model_identity
 from zoo.eval.predictions import format_table, score_predictions, write_metrics
@@ -181,19 +183,24 @@ def evaluate(cfg: DictConfig) -> dict:
         predict_pages(cfg, model_path, predictions)
     ground_truth = _ground_truth(cfg)
     metrics = score_predictions(predictions, ground_truth, page_filter_of(cfg))
+    images = _images_dir(cfg, ground_truth)
     metrics["provenance"].update(run_provenance(cfg, model_path, started))
+    metrics["provenance"]["images"] = str(images.resolve())
     write_metrics(metrics, out_dir)
     write_page_records(metrics["pages"], out_dir)
     if cfg.pictures:
         pictures = draw_pages(
             ground_truth,
             predictions,
-            _images_dir(cfg, ground_truth),
+            images,
             out_dir / "reading_order",
             page_filter=page_filter_of(cfg),
         )
         log.info("%d reading-order pictures in %s", len(pictures), out_dir / "reading_order")
     print(format_table(metrics))
+    if cfg.report:
+        report = compare([out_dir], out_dir, html=True, max_pages=cfg.report_max_pages)["html"]
+        log.info("report: %s", report)
     print(f"\nresults in {out_dir}")
     return metrics
 

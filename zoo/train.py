@@ -37,9 +37,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = make_datamodule(cfg)
     module = make_module(cfg)
     loggers, callbacks = make_loggers_and_callbacks(cfg)
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # tensors a validate() made under inference mode (metric states, cached masks) would fail in
+    # the fit after it, so validate_first validates under no_grad
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        logger=loggers,
+        callbacks=callbacks,
+        inference_mode=not cfg.get("validate_first"),
+    )
+    metrics = {}
+    if cfg.get("validate_first"):
+        (before,) = trainer.validate(module, datamodule=datamodule)
+        metrics |= {f"before/{k}": float(v) for k, v in before.items()}
+    if cfg.get("train", True):
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True
+        )
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
     output_dir = Path(cfg.paths.output_dir)
     write_text_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
     log.info("final metrics: %s", metrics)

@@ -20,11 +20,11 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from zoo.eval.omnidocbench import METRIC_BY_KEY, METRICS, PAGE_TYPES  # noqa: E402
+from zoo.eval.omnidocbench.metrics import column_header, format_cell  # noqa: E402
 from zoo.eval.provenance import flatten, provenance_differences  # noqa: E402
+from zoo.eval.report import ALL_PAGES, report_run, write_report  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-ALL_PAGES = "all"
 
 # OmniDocBench v1.5 figures of the two released systems as published in the DeepSeek-OCR 2
 # paper (arXiv 2601.20552, "DeepSeek-OCR 2: Visual Causal Flow", Table 1; v1 in Gundam mode,
@@ -139,26 +139,14 @@ def comparison_rows(runs: Sequence[Run]) -> list[dict]:
     return rows
 
 
-def _cell(key: str, value) -> str:
-    if value is None:
-        return "-"
-    return METRIC_BY_KEY[key].format(value) if key in METRIC_BY_KEY else str(value)
-
-
-def _header(key: str) -> str:
-    """A metric's key with its direction (``text_edit ↓``); other columns as they are."""
-    metric = METRIC_BY_KEY.get(key)
-    return key if metric is None else f"{key} {metric.arrow}"
-
-
 def markdown_table(rows: Sequence[dict]) -> str:
     """The rows as a GitHub markdown table."""
     columns = list(rows[0])
     lines = [
-        "| " + " | ".join(_header(c) for c in columns) + " |",
+        "| " + " | ".join(column_header(c) for c in columns) + " |",
         "|" + "|".join("---" for _ in columns) + "|",
     ]
-    lines += ["| " + " | ".join(_cell(c, row[c]) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_cell(c, row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -246,13 +234,23 @@ def provenance_section(runs: Sequence[Run], warnings: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def compare(paths: Sequence[Path | str], out_dir: Path | str) -> dict[str, Path]:
+def compare(
+    paths: Sequence[Path | str],
+    out_dir: Path | str,
+    html: bool = False,
+    images: Path | str | None = None,
+    max_pages: int | None = None,
+) -> dict[str, Path]:
     """Write the table (markdown + CSV) and plots of the runs in ``paths``; returns the files.
 
     Runs that differ in a setting of their provenance get one warning per field, logged and
-    written in ``comparison.md`` above the provenance of every run.
+    written in ``comparison.md`` above the provenance of every run. ``html`` also writes
+    ``report.html`` (:mod:`zoo.eval.report`) with a gallery of the ``max_pages`` pages the runs
+    disagree on most (all when None), drawn from the page images in ``images`` (default: where
+    the first run's provenance says).
     """
-    runs = load_runs(find_runs(paths)) + reference_runs()
+    run_dirs = find_runs(paths)
+    runs = load_runs(run_dirs) + reference_runs()
     out_dir = Path(out_dir)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     rows = comparison_rows(runs)
@@ -281,6 +279,16 @@ def compare(paths: Sequence[Path | str], out_dir: Path | str) -> dict[str, Path]
     )
     if plot is not None:
         files["plot_reading_order_by_page_type"] = plot
+    if html:
+        sources = [
+            report_run(run.name, run_dir, run.metrics, None if images is None else Path(images))
+            for run, run_dir in zip(measured, run_dirs, strict=True)
+        ]
+        plots = [path for name, path in files.items() if name.startswith("plot_")]
+        references = [run.name for run in runs if run.reference]
+        files["html"] = write_report(
+            sources, rows, references, note, plots, warnings, out_dir / "report.html", max_pages
+        )
     print(table)
     print(f"\n{note}\nwritten to {out_dir}")
     return files

@@ -69,7 +69,9 @@ def score_predictions(
         matches.repetition_loop = path is not None and is_repetition_loop(path, markdown)
         matched.append(matches)
     metrics = summarize(page_records(matched))
-    metrics["provenance"] = scoring_provenance(Path(ground_truth), len(all_pages), page_filter)
+    metrics["provenance"] = scoring_provenance(
+        Path(ground_truth), predictions_dir, len(all_pages), page_filter
+    )
     return metrics
 
 

@@ -20,8 +20,9 @@ from zoo.io.lightning_checkpoint import read_checkpoint_file
 # The page counts of the released OmniDocBench ground truths.
 OMNIDOCBENCH_VERSIONS = {981: "v1.0", 1355: "v1.5"}
 MATCH_METHOD = "quick_match"
-# Fields that may differ between comparable runs: the time taken, where the (hashed) file lay.
-NOT_SETTINGS = ("wall_time_s", "ground_truth")
+# Fields that may differ between comparable runs: the time taken, where the (hashed) ground
+# truth, the scored predictions and the page images lay.
+NOT_SETTINGS = ("wall_time_s", "ground_truth", "predictions", "images")
 
 
 def file_sha256(path: Path) -> str:
@@ -38,10 +39,15 @@ def omnidocbench_version(n_pages: int) -> str:
     return OMNIDOCBENCH_VERSIONS.get(n_pages, "subset")
 
 
-def scoring_provenance(ground_truth: Path, n_pages_in_file: int, page_filter: dict | None) -> dict:
-    """The ground truth (hash, pages, release it looks like) and how it was matched."""
+def scoring_provenance(
+    ground_truth: Path, predictions: Path, n_pages_in_file: int, page_filter: dict | None
+) -> dict:
+    """The ground truth (hash, pages, release it looks like), the predictions scored and how
+    they were matched. Paths are absolute, so that ``zoo.compare --html`` finds the pages from
+    any working directory."""
     return {
-        "ground_truth": str(ground_truth),
+        "ground_truth": str(Path(ground_truth).resolve()),
+        "predictions": str(Path(predictions).resolve()),
         "ground_truth_sha256": file_sha256(ground_truth),
         "ground_truth_pages": n_pages_in_file,
         "omnidocbench_version": omnidocbench_version(n_pages_in_file),

@@ -20,7 +20,13 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from zoo.data.page_datasets import UNREADABLE_IMAGE_ERRORS, open_page
-from zoo.eval.omnidocbench import GroundTruthPage, load_ground_truth, match_page, select_pages
+from zoo.eval.omnidocbench import (
+    GroundTruthPage,
+    PageMatches,
+    load_ground_truth,
+    match_page,
+    select_pages,
+)
 from zoo.eval.omnidocbench.distance import normalized_edit_distance
 from zoo.eval.predictions import find_prediction
 
@@ -64,7 +70,13 @@ class ReadingOrders:
 
 def page_reading_orders(page: GroundTruthPage, markdown: str) -> ReadingOrders:
     """The sequences the reading-order edit distance compares, located on the page."""
-    orders = match_page(page, markdown).reading_order
+    return matched_reading_orders(match_page(page, markdown))
+
+
+def matched_reading_orders(matches: PageMatches) -> ReadingOrders:
+    """The reading orders of an already matched page (the report matches each page once for
+    its pictures and its block diffs)."""
+    page, orders = matches.page, matches.reading_order
     if orders is None:
         return ReadingOrders([], [], None)
     boxes = boxes_by_order(page)
@@ -121,8 +133,17 @@ def _panel(
     return framed
 
 
-def draw_reading_order(image: Image.Image, orders: ReadingOrders) -> Image.Image:
-    """Ground truth (left) and prediction (right) over the page, as numbered arrows."""
+def ground_truth_panel(image: Image.Image, orders: ReadingOrders) -> Image.Image:
+    """The page with the ground-truth reading order as numbered arrows."""
+    gt = orders.gt
+    return _panel(image, gt, [GT_COLOUR] * max(0, len(gt) - 1), "ground-truth reading order")
+
+
+def predicted_panel(
+    image: Image.Image, orders: ReadingOrders, title: str = "predicted reading order"
+) -> Image.Image:
+    """The page with the predicted reading order; an arrow is green where the ground truth
+    takes the same step, red elsewhere. The edit distance is appended to ``title``."""
     gt, pred = orders.gt, orders.pred
     gt_steps = set(zip(gt, gt[1:], strict=False))
     pred_colours = [
@@ -130,8 +151,12 @@ def draw_reading_order(image: Image.Image, orders: ReadingOrders) -> Image.Image
         for step in zip(pred, pred[1:], strict=False)
     ]
     distance = "-" if orders.distance is None else f"{orders.distance:.3f}"
-    left = _panel(image, gt, [GT_COLOUR] * max(0, len(gt) - 1), "ground-truth reading order")
-    right = _panel(image, pred, pred_colours, f"predicted reading order (edit distance {distance})")
+    return _panel(image, pred, pred_colours, f"{title} (edit distance {distance})")
+
+
+def draw_reading_order(image: Image.Image, orders: ReadingOrders) -> Image.Image:
+    """Ground truth (left) and prediction (right) over the page, as numbered arrows."""
+    left, right = ground_truth_panel(image, orders), predicted_panel(image, orders)
     joined = Image.new("RGB", (left.width + right.width, left.height), (255, 255, 255))
     joined.paste(left, (0, 0))
     joined.paste(right, (left.width, 0))

@@ -56,8 +56,13 @@ def from_pretrained(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     plugins: Sequence[str] = (),
+    adapter: str | Path | None = None,
+    merge_adapter: bool = False,
 ) -> OCRModel:
     """The model in ``path`` (any layout of this module), in eval mode.
+
+    ``adapter``: a LoRA adapter folder (peft's format, :mod:`zoo.io.adapter`) trained on this
+    base, added as adapter layers, or folded into the weights with ``merge_adapter``.
 
     ``dtype`` defaults to float32 whatever the stored precision (the releases are bfloat16).
     ``plugins``: the modules of user components this model needs, imported because the caller
@@ -86,6 +91,10 @@ def from_pretrained(
         model = build_model(build, tokenizer=tokenizer)
     load_checked(model, tensors, str(directory), assign=True)
     recompute_derived_buffers(model)
+    if adapter is not None:
+        from zoo.io.adapter import load_adapter  # peft imports transformers: only when asked
+
+        model = load_adapter(model, adapter, merge=merge_adapter)
     return model.to(device=device).eval()
 
 

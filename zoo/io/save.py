@@ -27,6 +27,7 @@ from zoo.io.folder import (
     WEIGHTS_FILE,
     CheckpointFormatError,
 )
+from zoo.model.lora import has_lora
 
 if TYPE_CHECKING:  # the model module calls this one
     from zoo.model.ocr_model import OCRModel
@@ -43,6 +44,12 @@ def save_pretrained(model: OCRModel, directory: str | Path, layout: str = "zoo")
     build = getattr(model, "build_config", None)
     if build is None:
         raise ValueError("save_pretrained needs a model made by zoo.build_model (no build config)")
+    if has_lora(model):
+        raise ValueError(
+            "save_pretrained: the model holds LoRA adapter layers; save the adapter "
+            "(zoo.io.adapter.save_adapter) or merge it first (python -m zoo.merge, "
+            "zoo.from_pretrained(..., adapter=..., merge_adapter=True))"
+        )
     directory = Path(directory)
     try:
         if layout == "zoo":

@@ -32,6 +32,11 @@ def join(path: str, name: str) -> str:
     return f"{path}.{name}" if path and name else path or name
 
 
+def linear_paths(module: nn.Module, path: str = "") -> list[str]:
+    """Paths of the ``nn.Linear`` layers inside ``module`` (itself included), under ``path``."""
+    return [join(path, name) for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+
+
 @dataclass(frozen=True)
 class WeightSource:
     """A public weight format one part can start from: the ``init.<key>`` entry of a run.
@@ -139,6 +144,18 @@ class Component(nn.Module):
         """Named parts a training stage can freeze: role -> module or parameter path relative
         to this component (e.g. ``vision_tokenizer -> tokenizer``). By default its parts'."""
         return self._from_parts(methodcaller("roles"), join, "role")
+
+    def adapter_targets(self) -> dict[str, list[str]]:
+        """LoRA target roles finer than :meth:`roles` (a LoRA on a role of :meth:`roles` wraps
+        every linear layer under it): role -> paths, relative to this component, of the linear
+        layers or stacked weight tensors it wraps, e.g. ``decoder_attention``. A role a
+        component has no instance of (shared experts of a dense decoder) maps to ``[]``. By
+        default its parts'."""
+        return self._from_parts(
+            methodcaller("adapter_targets"),
+            lambda path, paths: [join(path, p) for p in paths],
+            "adapter target",
+        )
 
     def _from_parts(
         self,

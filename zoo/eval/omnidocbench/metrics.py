@@ -71,6 +71,21 @@ METRICS: tuple[Metric, ...] = (
     Metric("repetition_loop_rate", "Repetition loops", False, 3, PAGES, "repetition_loop"),
 )
 METRIC_BY_KEY = {metric.key: metric for metric in METRICS}
+
+
+def format_cell(key: str, value) -> str:
+    """A table cell of column ``key``: a metric with its digits, ``-`` for none, else as is."""
+    if value is None:
+        return "-"
+    return METRIC_BY_KEY[key].format(value) if key in METRIC_BY_KEY else str(value)
+
+
+def column_header(key: str) -> str:
+    """A column's key with the metric's direction (``text_edit ↓``); other columns as they are."""
+    metric = METRIC_BY_KEY.get(key)
+    return key if metric is None else f"{key} {metric.arrow}"
+
+
 # The metrics computed from per-page values: each also has a figure per page type.
 PAGE_METRICS = tuple(metric for metric in METRICS if metric.page_value is not None)
 # The per-page values, in table order, without repeats: the score columns of ``pages.csv``.
