@@ -1,22 +1,35 @@
 """Causal self-attention of the decoders: plain multi-head (the OCR checkpoints) and DeepSeek-V2's
 multi-head latent attention (MLA), both on the attention core of ``zoo.layers.attention`` through
-SDPA and both appending to a :class:`KVCache`."""
+SDPA and both appending to a :class:`KVCache`.
+
+For diagnostics, an :data:`AttentionObserver` set on a module (``TransformerDecoder.
+observe_attention``) switches it to the eager kernel and is handed its probabilities; the normal
+path never materialises them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from decoders.kv_cache import LayerCache
-from zoo.layers.attention import GroupedQueryAttention, merge_heads, sdpa_attention, split_heads
+from zoo.layers.attention import (
+    GroupedQueryAttention,
+    eager_attention_with_probs,
+    merge_heads,
+    sdpa_attention,
+    split_heads,
+)
 from zoo.layers.linear import ThreadedLinear
 from zoo.layers.norms import RMSNorm
 from zoo.layers.rotary import Rope, apply_rotary, pairs_to_halves
 
 ATTENTION_KINDS = ("mha", "mla")
+
+# Called with one layer's attention probabilities ``[B, H, T, S]`` during a forward.
+AttentionObserver = Callable[[torch.Tensor], None]
 
 
 def build_attention_mask(
@@ -46,9 +59,32 @@ def build_attention_mask(
     return allowed
 
 
+def causal_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float | None = None,
+    observer: AttentionObserver | None = None,
+) -> torch.Tensor:
+    """The decoders' kernel under a :func:`build_attention_mask` mask (``None``: causal): SDPA,
+    or with an ``observer`` the eager kernel, whose probabilities ``[B, H, T, S]`` the observer
+    gets (slower and ``T x S`` in memory, so only diagnostics take it)."""
+    if observer is None:
+        return sdpa_attention(query, key, value, mask, scale, causal=True)
+    if mask is None:  # causal: the new queries follow the past keys
+        length, keys = query.shape[-2], key.shape[-2]
+        mask = torch.ones(length, keys, dtype=torch.bool, device=query.device).tril(keys - length)
+    out, probs = eager_attention_with_probs(query, key, value, mask, scale)
+    observer(probs)
+    return out
+
+
 class MultiHeadAttention(GroupedQueryAttention):
     """Multi-head attention with rotary positions and no biases, as in DeepSeek-OCR's decoder;
     its masks are :func:`build_attention_mask`'s (``None``: causal)."""
+
+    observer: AttentionObserver | None = None
 
     def __init__(self, hidden_size: int, num_heads: int, head_dim: int | None = None) -> None:
         super().__init__(hidden_size, num_heads, head_dim=head_dim)
@@ -57,7 +93,7 @@ class MultiHeadAttention(GroupedQueryAttention):
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        return sdpa_attention(query, key, value, mask, causal=True)
+        return causal_attention(query, key, value, mask, observer=self.observer)
 
 
 class MultiHeadLatentAttention(nn.Module):
@@ -69,8 +105,11 @@ class MultiHeadLatentAttention(nn.Module):
     cache instead folds ``kv_b_proj`` into the queries and output ("weight absorption"), so a
     decode step reads the small latent cache and never re-expands the past. Queries come from
     ``q_proj``, or through a low-rank ``q_a_proj``/``q_b_proj`` pair when ``q_lora_rank`` is set.
-    Module names match DeepSeek-V2 checkpoints. Defaults are DeepSeek-V2-Lite's.
+    Module names match DeepSeek-V2 checkpoints. Defaults are DeepSeek-V2-Lite's. An
+    ``observer`` sees the expanded path only (a forward without a past).
     """
+
+    observer: AttentionObserver | None = None
 
     def __init__(
         self,
@@ -129,6 +168,11 @@ class MultiHeadLatentAttention(nn.Module):
         extends_past = cache is not None and cache.length > 0
         if cache is not None:
             latent, k_rope = cache.append(latent, k_rope)
+        if extends_past and self.observer is not None:
+            raise NotImplementedError(
+                "MLA's attention is observed in a forward without a past only: a cached step "
+                "attends in latent space, without per-head keys"
+            )
         if extends_past:
             out = self._attend_absorbed(q_nope, q_rope, latent, k_rope, mask)
         else:
@@ -150,7 +194,7 @@ class MultiHeadLatentAttention(nn.Module):
         k_rope = k_rope[:, None].expand(batch, self.num_heads, keys, self.rope_dim)
         query = torch.cat((q_nope, q_rope), dim=-1)
         key = torch.cat((k_nope, k_rope), dim=-1)
-        return sdpa_attention(query, key, value, mask, self.scale, causal=True)
+        return causal_attention(query, key, value, mask, self.scale, self.observer)
 
     def _attend_absorbed(
         self,

@@ -7,10 +7,12 @@ from, rebuilds its derived buffers and names the roles stages freeze.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
 
+from decoders.attention import AttentionObserver
 from zoo.model.component import Component
 
 
@@ -36,6 +38,11 @@ class LanguageDecoder(Component):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """Token embeddings ``[B, T, hidden_size]``."""
         raise NotImplementedError
+
+    def observe_attention(self, observer: AttentionObserver) -> AbstractContextManager[None]:
+        """A context within which every attention layer hands its probabilities ``[B, H, T,
+        S]`` to ``observer``, in layer order (diagnostics of what the decoder reads)."""
+        raise NotImplementedError(f"{type(self).__name__} does not hand out its attention")
 
     def forward(
         self,

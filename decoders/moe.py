@@ -3,6 +3,7 @@ with grouped matmuls, always-on shared experts, and the expert-level load-balanc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers import SwiGLU
+from zoo.layers.int8 import SCALE_SUFFIX, Int8Weights, int8_linear
+from zoo.layers.linear import (
+    DtypeLaidOut,
+    input_dim_contiguous,
+    threaded_linear,
+    with_contiguous_dim,
+)
 
 TOPK_METHODS = ("greedy", "group_limited_greedy")
 AUX_LOSS_LEVELS = ("sequence", "batch")
@@ -87,15 +95,18 @@ class TopKRouter(nn.Module):
 
 
 def grouped_mm_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``torch._grouped_mm`` takes these operands: CPU (or CUDA in bf16), contiguous,
-    with rows a multiple of 16 bytes long, as its kernels require."""
+    """Whether ``torch._grouped_mm`` takes these operands: CPU (or CUDA in bf16), ``x``
+    contiguous, ``weight`` contiguous in either of its last two dimensions, with rows a multiple
+    of 16 bytes long, as its kernels require."""
     if not hasattr(torch, "_grouped_mm") or x.dtype != weight.dtype:
         return False
     if not (x.device.type == "cpu" or (x.device.type == "cuda" and x.dtype == torch.bfloat16)):
         return False
-    row_bytes = [x.shape[-1] * x.element_size(), weight.shape[-1] * weight.element_size()]
-    aligned = all(n % 16 == 0 for n in row_bytes)
-    return aligned and x.is_contiguous() and weight.is_contiguous()
+    contiguous_dim = -1 if weight.is_contiguous() else -2
+    if contiguous_dim == -2 and not weight.transpose(-1, -2).is_contiguous():
+        return False
+    row_bytes = [x.shape[-1] * x.element_size(), weight.shape[contiguous_dim] * x.element_size()]
+    return all(n % 16 == 0 for n in row_bytes) and x.is_contiguous()
 
 
 def padded_grouped_matmul(
@@ -111,32 +122,52 @@ def padded_grouped_matmul(
     return torch.bmm(padded, weight)[group, slot]
 
 
+def per_expert_matmul(
+    x: torch.Tensor, counts: torch.Tensor, product: Callable[[int, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``product(e, rows)`` for each expert ``e`` that has rows (``counts[e]`` consecutive rows
+    of ``x``), concatenated: a Python loop over the experts in use."""
+    outputs, start = [], 0
+    for expert, count in enumerate(counts.tolist()):
+        if count:
+            outputs.append(product(expert, x[start : start + count]))
+            start += count
+    return torch.cat(outputs)
+
+
+# Up to this many (token, expert) rows, output-major experts are multiplied one expert at a time:
+# a decode step (6 rows a token) then reads each chosen expert through torch's matrix-vector
+# kernel, 1.2-1.3x faster than one grouped matmul over bfloat16 experts of the release's size
+# here (one thread); at 12 rows the two are within 10%.
+ROWS_PER_EXPERT_LOOP = 16
+
+
 def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Rows of ``x`` sorted by group, ``counts[e]`` of them for ``weight[e]`` (``[E, K, N]``)."""
+    output_major = not weight.is_contiguous() and weight.transpose(-1, -2).is_contiguous()
+    if output_major and x.device.type == "cpu" and x.shape[0] <= ROWS_PER_EXPERT_LOOP:
+        return per_expert_matmul(x, counts, lambda e, rows: threaded_linear(rows, weight[e].t()))
     if grouped_mm_supported(x, weight):
         offsets = torch.cumsum(counts, 0, dtype=torch.int32)
         return torch._grouped_mm(x, weight, offs=offsets)
     return padded_grouped_matmul(x, weight, counts)
 
 
-class RoutedExperts(nn.Module):
-    """``num_experts`` SwiGLU experts as two stacked parameters, run without a loop over experts.
+class ExpertStack(nn.Module):
+    """``num_experts`` SwiGLU experts stored as two stacks, ``w_gate_up`` ``[E, hidden, 2 * I]``
+    (each expert's gate then up projection) and ``w_down`` ``[E, I, hidden]``, run without a
+    loop over tokens: the (token, expert) pairs are sorted by expert and each projection is one
+    grouped product over the experts' row blocks (:meth:`expert_matmul`, which a subclass
+    defines for its way of storing the stacks)."""
 
-    ``w_gate_up`` ``[E, hidden, 2 * I]`` holds each expert's gate then up projection and
-    ``w_down`` ``[E, I, hidden]`` its down projection, input-major (``x @ w``): on CPU
-    ``torch._grouped_mm`` runs this layout 1.3-1.5x faster than the transposed one for a single
-    token and as fast for thousands. The (token, expert) pairs are sorted by expert and each
-    projection is one grouped matmul over the experts' row blocks.
-    """
-
-    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+    def __init__(self, num_experts: int, intermediate_size: int) -> None:
         super().__init__()
         self.num_experts = num_experts
         self.intermediate_size = intermediate_size
-        self.w_gate_up = nn.Parameter(torch.empty(num_experts, hidden_size, 2 * intermediate_size))
-        self.w_down = nn.Parameter(torch.empty(num_experts, intermediate_size, hidden_size))
-        nn.init.normal_(self.w_gate_up, std=hidden_size**-0.5)
-        nn.init.normal_(self.w_down, std=intermediate_size**-0.5)
+
+    def expert_matmul(self, name: str, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Rows of ``x`` grouped by expert (``counts[e]`` each) times stack ``name``'s experts."""
+        raise NotImplementedError
 
     def forward(
         self, hidden: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor
@@ -147,12 +178,93 @@ class RoutedExperts(nn.Module):
         order = pair_experts.argsort(stable=True)
         token_of_pair = order // top_k
         counts = torch.bincount(pair_experts, minlength=self.num_experts)
-        gate_up = grouped_matmul(hidden.index_select(0, token_of_pair), self.w_gate_up, counts)
-        gate, up = gate_up.split(self.intermediate_size, dim=-1)
-        expert_out = grouped_matmul(F.silu(gate) * up, self.w_down, counts)
+        rows = hidden.index_select(0, token_of_pair)
+        gate, up = self.expert_matmul("w_gate_up", rows, counts).split(
+            self.intermediate_size, dim=-1
+        )
+        expert_out = self.expert_matmul("w_down", F.silu(gate) * up, counts)
         mixed = expert_out.float() * weights.reshape(-1).index_select(0, order)[:, None]
         out = torch.zeros(hidden.shape, dtype=mixed.dtype, device=hidden.device)
         return out.index_add_(0, token_of_pair, mixed).to(hidden.dtype)
+
+
+class RoutedExperts(ExpertStack, DtypeLaidOut):
+    """The routed experts as two stacked parameters (see :class:`ExpertStack`).
+
+    The stacks' shapes are input-major (``x @ w``); their memory layout follows the precision
+    (:func:`zoo.layers.linear.input_dim_contiguous`): in float32 input-major, which
+    ``torch._grouped_mm`` runs 1.3-1.5x faster than the transposed layout for a single token
+    and as fast for thousands; in bfloat16 output-major (each expert's ``[out, in]`` matrix
+    contiguous, as the released checkpoints store it), where a decode step reads each chosen
+    expert through torch's matrix-vector kernel and a long prompt goes through
+    ``torch._grouped_mm`` as fast as input-major.
+    """
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__(num_experts, intermediate_size)
+        self.w_gate_up = nn.Parameter(torch.empty(num_experts, hidden_size, 2 * intermediate_size))
+        self.w_down = nn.Parameter(torch.empty(num_experts, intermediate_size, hidden_size))
+        nn.init.normal_(self.w_gate_up, std=hidden_size**-0.5)
+        nn.init.normal_(self.w_down, std=intermediate_size**-0.5)
+        self.lay_out()
+        self.register_load_state_dict_post_hook(_lay_out_after_load)
+
+    def lay_out(self) -> None:
+        """Store both stacks as their precision prefers (see the class doc)."""
+        for name in ("w_gate_up", "w_down"):
+            stack = getattr(self, name)
+            contiguous_dim = -2 if input_dim_contiguous(stack.dtype) else -1
+            laid_out = with_contiguous_dim(stack.detach(), contiguous_dim)
+            if laid_out.stride() != stack.stride():
+                setattr(self, name, nn.Parameter(laid_out, requires_grad=stack.requires_grad))
+
+    def expert_matmul(self, name: str, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        return grouped_matmul(x, getattr(self, name), counts)
+
+
+def _lay_out_after_load(module: RoutedExperts, incompatible_keys: object) -> None:
+    module.lay_out()
+
+
+class Int8RoutedExperts(ExpertStack, Int8Weights):
+    """The routed experts with weight-only int8 stacks (:mod:`zoo.layers.int8`): ``w_gate_up``
+    and ``w_down`` as int8 buffers of the float shapes, output-major, each with a
+    per-output-channel ``<name>_scale`` (``[E, 2 * I]``, ``[E, hidden]``). Each expert in use is
+    multiplied on its own (:func:`zoo.layers.int8.int8_linear`): there is no grouped int8
+    product in torch."""
+
+    input_dims = {"w_gate_up": -2, "w_down": -2}
+
+    def __init__(
+        self,
+        num_experts: int,
+        hidden_size: int,
+        intermediate_size: int,
+        scale_dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(num_experts, intermediate_size)
+        shapes = {
+            "w_gate_up": (num_experts, hidden_size, 2 * intermediate_size),
+            "w_down": (num_experts, intermediate_size, hidden_size),
+        }
+        self.register_int8_weights(shapes, scale_dtype, device)
+
+    @classmethod
+    def from_float(cls, experts: RoutedExperts) -> Int8RoutedExperts:
+        """``experts`` quantized (on the meta device: an empty module of the same sizes)."""
+        hidden_size, intermediate_size = experts.w_down.shape[2], experts.intermediate_size
+        quantized = cls(
+            experts.num_experts, hidden_size, intermediate_size, device=experts.w_down.device
+        )
+        quantized.quantize_from(experts)
+        return quantized
+
+    def expert_matmul(self, name: str, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        weight, scale = getattr(self, name), getattr(self, name + SCALE_SUFFIX)
+        return per_expert_matmul(
+            x, counts, lambda e, rows: int8_linear(rows, weight[e].t(), scale[e])
+        )
 
 
 def expert_balance_loss(

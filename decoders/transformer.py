@@ -6,13 +6,14 @@ feed-forward block; positions, masks, the KV cache and the MoE auxiliary loss ar
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
-from decoders.attention import build_attention, build_attention_mask
+from decoders.attention import AttentionObserver, build_attention, build_attention_mask
 from decoders.base import DecoderOutput, LanguageDecoder
 from decoders.kv_cache import KVCache, LayerCache
 from decoders.lm_head import ColumnMajorLMHead
@@ -167,6 +168,19 @@ class TransformerDecoder(LanguageDecoder):
                 f"{experts}.{name}" for name, _ in mlp.experts.named_parameters()
             ]
         return {**super().adapter_targets(), **targets}
+
+    @contextmanager
+    def observe_attention(self, observer: AttentionObserver) -> Iterator[None]:
+        """Within the block, each layer's self-attention runs the eager kernel and hands its
+        probabilities ``[B, H, T, S]`` to ``observer``, layer by layer."""
+        attentions = [layer.self_attn for layer in self.layers]
+        for attention in attentions:
+            attention.observer = observer
+        try:
+            yield
+        finally:
+            for attention in attentions:
+                attention.observer = None
 
     def forward(
         self,

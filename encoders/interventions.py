@@ -79,6 +79,16 @@ def _apply_intervention(encoder: VisionEncoder, _inputs: Any, output: Any) -> An
     return encoder.intervention(output)
 
 
+def attach_intervention(encoder: VisionEncoder, name: str, seed: int = 0) -> VisionEncoder:
+    """Make a built (for example trained and loaded) ``encoder`` re-index its output tokens with
+    :class:`Intervention` ``(name, seed)``; returns the same encoder."""
+    if hasattr(encoder, "intervention"):
+        raise ValueError(f"the encoder already has an intervention: {encoder.intervention}")
+    encoder.intervention = Intervention(name, seed)
+    encoder.register_forward_hook(_apply_intervention)
+    return encoder
+
+
 @register_encoder("intervened")
 def intervened(
     intervention: str, inner: str = "causal_flow", seed: int = 0, **inner_kwargs: Any
@@ -91,7 +101,4 @@ def intervened(
     ``encoder.inner``/``encoder.intervention``. Returns the inner encoder itself (parameter
     names unchanged); other outputs than the tokens (e.g. attention maps) are left as they are.
     """
-    encoder = create_encoder(inner, **inner_kwargs)
-    encoder.intervention = Intervention(intervention, seed)
-    encoder.register_forward_hook(_apply_intervention)
-    return encoder
+    return attach_intervention(create_encoder(inner, **inner_kwargs), intervention, seed)

@@ -1,9 +1,13 @@
 """torchmetrics metrics for use inside training and validation loops.
 
-Both average a per-page normalised edit distance (edits / longer length) over pages, with the
-edit distance and text normalisation of the OmniDocBench evaluation (``zoo.eval.omnidocbench``),
-so a validation curve speaks the same language as the benchmark. They do not match blocks;
-for benchmark numbers use ``zoo.eval.predictions.score_predictions``.
+The edit distances average a per-page normalised edit distance (edits / longer length) over
+pages, with the edit distance and text normalisation of the OmniDocBench evaluation
+(``zoo.eval.omnidocbench``), so a validation curve speaks the same language as the benchmark.
+They do not match blocks; for benchmark numbers use ``zoo.eval.predictions.score_predictions``.
+
+:class:`ImageReliance` and :class:`AttentionOnImage` say whether the decoder reads the page at
+all: a decoder can learn the answers' language and shape while ignoring the image, and its loss
+alone does not tell.
 """
 
 from __future__ import annotations
@@ -23,27 +27,35 @@ from zoo.eval.omnidocbench import (
 from zoo.eval.omnidocbench.markdown_blocks import TEXT
 
 
-class _MeanPageEditDistance(Metric):
-    """Mean over pages of a normalised edit distance; states sum across processes."""
+class _Mean(Metric):
+    """Mean of values added in parts (pages, tokens); states sum across processes."""
 
     is_differentiable = False
-    higher_is_better = False
     full_state_update = False
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("pages", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def _add(self, distances: list[float]) -> None:
-        self.total += sum(distances)
-        self.pages += len(distances)
+    def _add(self, total: float | torch.Tensor, count: int) -> None:
+        self.total += total
+        self.count += count
 
     def compute(self) -> torch.Tensor:
-        """The mean distance in [0, 1]; NaN before any page was seen."""
-        if self.pages == 0:
+        """The mean; NaN before any value was added."""
+        if self.count == 0:
             return torch.tensor(float("nan"), dtype=torch.float64)
-        return self.total / self.pages
+        return self.total / self.count
+
+
+class _MeanPageEditDistance(_Mean):
+    """Mean over pages of a normalised edit distance, in [0, 1]."""
+
+    higher_is_better = False
+
+    def _add_pages(self, distances: list[float]) -> None:
+        self._add(sum(distances), len(distances))
 
 
 def _check_lengths(preds: Sequence, targets: Sequence) -> None:
@@ -72,7 +84,9 @@ class TextEditDistance(_MeanPageEditDistance):
         if self.normalize:
             preds = [normalize_text(text) for text in preds]
             targets = [normalize_text(text) for text in targets]
-        self._add([normalized_edit_distance(p, t) for p, t in zip(preds, targets, strict=True)])
+        self._add_pages(
+            [normalized_edit_distance(p, t) for p, t in zip(preds, targets, strict=True)]
+        )
 
 
 class ReadingOrderEditDistance(_MeanPageEditDistance):
@@ -89,7 +103,7 @@ class ReadingOrderEditDistance(_MeanPageEditDistance):
     ) -> None:
         """Add a batch of pages: predicted block orders and true block orders."""
         _check_lengths(preds, targets)
-        self._add(
+        self._add_pages(
             [
                 normalized_edit_distance(list(p), list(t))
                 for p, t in zip(preds, targets, strict=True)
@@ -111,3 +125,40 @@ def markdown_reading_orders(reference: str, prediction: str) -> tuple[list, list
         )
     ]
     return match_page(GroundTruthPage("reference", {}, blocks), prediction).reading_order
+
+
+class ImageReliance(_Mean):
+    """How much worse answers are predicted from another page's image than from their own: the
+    mean over answer tokens of ``loss(another page's image) - loss(own image)``, in nats per
+    token. About 0: the decoder ignores the image; the more it reads the page, the larger.
+    (Below 0, another page fits the answer better: noise, or a model that misreads.)
+    """
+
+    higher_is_better = True
+
+    def update(self, own: torch.Tensor, other: torch.Tensor) -> None:
+        """Add the per-token losses of the same answer tokens, read with each page's own image
+        (``own``) and with another page's (``other``)."""
+        if own.shape != other.shape:
+            raise ValueError(
+                f"got {tuple(own.shape)} own-image and {tuple(other.shape)} other-image losses; "
+                "expected one pair per answer token"
+            )
+        self._add((other.double() - own.double()).sum(), own.numel())
+
+
+class AttentionOnImage(_Mean):
+    """The share of attention that answer positions put on the image: the attention probability
+    mass on image tokens, averaged over heads, answer positions and the layers observed. In
+    [0, 1]; 0 means no answer position looks at the image."""
+
+    higher_is_better = None
+
+    def update(self, probs: torch.Tensor, image_keys: torch.Tensor, queries: torch.Tensor) -> None:
+        """Add one layer: its probabilities ``[B, H, T, S]``, which keys are image tokens
+        (bool ``[B, S]``) and which query positions answer (bool ``[B, T]``)."""
+        batch, heads, length, keys = probs.shape
+        rows = probs.transpose(1, 2)[queries].float()  # [N, H, S]: only the answer rows
+        image = image_keys[:, None, :].expand(batch, length, keys)[queries].to(rows.dtype)
+        mass = torch.einsum("nhs,ns->n", rows, image) / heads
+        self._add(mass.double().sum(), mass.numel())

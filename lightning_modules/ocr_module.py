@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from lightning_modules.expert_load import ExpertLoadMonitor
 from lightning_modules.metrics import (
+    AttentionOnImage,
+    ImageReliance,
     ReadingOrderEditDistance,
     TextEditDistance,
     markdown_reading_orders,
 )
 from lightning_modules.optim import parameter_groups, warmup_cosine
-from zoo.inputs.processor import IGNORE_INDEX, OCRProcessor
+from zoo.inputs.page_roll import roll_page_images
+from zoo.inputs.processor import (
+    IGNORE_INDEX,
+    OCRProcessor,
+    predicted_labels,
+    predicting_positions,
+)
 from zoo.inputs.text_tokenizer import load_text_tokenizer
 from zoo.model.build import build_model
 from zoo.model.config import upgrade_build_config
@@ -60,7 +70,11 @@ class OCRLightningModule(L.LightningModule):
     it). Validation generates greedily for the first
     ``val_generate_pages`` pages (whole batches, up to ``val_max_new_tokens`` tokens each) and
     scores text and reading-order edit distances, and the character and word error rates users
-    of OCR measure, against the batch's answers.
+    of OCR measure, against the batch's answers. Whether the decoder reads the page at all:
+    ``val_image_reliance`` compares every batch's answer loss with each page's own image to the
+    loss with the previous page's image (one more forward; batches of one page are skipped), and
+    ``val_attention_on_image`` measures the attention mass answer positions put on image tokens
+    (one more forward, with eager attention).
 
     ``lora`` (``rank``, ``alpha``, ``dropout``, ``targets``; rank 0 = off) trains peft LoRA
     adapters on the target roles instead of the weights (:mod:`zoo.model.lora`); ``freeze``
@@ -82,6 +96,8 @@ class OCRLightningModule(L.LightningModule):
         activation_checkpointing: bool = False,
         val_generate_pages: int = 4,
         val_max_new_tokens: int = 128,
+        val_image_reliance: bool = True,
+        val_attention_on_image: bool = True,
         lora: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -99,6 +115,8 @@ class OCRLightningModule(L.LightningModule):
                 "activation_checkpointing": activation_checkpointing,
                 "val_generate_pages": val_generate_pages,
                 "val_max_new_tokens": val_max_new_tokens,
+                "val_image_reliance": val_image_reliance,
+                "val_attention_on_image": val_attention_on_image,
                 "lora": dict(lora) if lora and lora.get("rank") else None,
             }
         )
@@ -113,6 +131,8 @@ class OCRLightningModule(L.LightningModule):
         self.val_reading_order_edit = ReadingOrderEditDistance()
         self.val_cer = CharErrorRate()
         self.val_wer = WordErrorRate()
+        self.val_image_reliance = ImageReliance()
+        self.val_attention_on_image = AttentionOnImage()
         self._last_batch_end: float | None = None
         self._val_pages_generated = 0
 
@@ -199,6 +219,13 @@ class OCRLightningModule(L.LightningModule):
         out = self(batch)
         n_pages = batch["input_ids"].shape[0]
         self.log("val/loss", out.loss, prog_bar=True, batch_size=n_pages)
+        has_images = batch.get("images") is not None
+        if self.hparams.val_image_reliance and has_images and n_pages > 1:
+            self._score_image_reliance(batch, out.logits)
+            self.log("val/image_reliance", self.val_image_reliance, batch_size=n_pages)
+        if self.hparams.val_attention_on_image and has_images:
+            self._score_attention_on_image(batch)
+            self.log("val/attention_on_image", self.val_attention_on_image, batch_size=n_pages)
         if self._val_pages_generated < self.hparams.val_generate_pages:
             self._score_generation(batch)
             self._val_pages_generated += n_pages
@@ -206,6 +233,27 @@ class OCRLightningModule(L.LightningModule):
             self.log("val/reading_order_edit", self.val_reading_order_edit, batch_size=n_pages)
             self.log("val/cer", self.val_cer, batch_size=n_pages)
             self.log("val/wer", self.val_wer, batch_size=n_pages)
+
+    def _score_image_reliance(self, batch: Mapping[str, Any], own_logits: torch.Tensor) -> None:
+        """Per answer token, the loss with each page's own image (``own_logits``: the labelled
+        rows of the batch's forward) against the loss with the previous page's image, its
+        placeholders laid out for that image (:func:`roll_page_images`)."""
+        targets = predicted_labels(batch["labels"])
+        rolled = roll_page_images(batch, self.model.image_token_id, self.processor.tokenizer.pad_id)
+        own = F.cross_entropy(own_logits.float(), targets, reduction="none")
+        other = F.cross_entropy(self(rolled).logits.float(), targets, reduction="none")
+        self.val_image_reliance.update(own, other)
+
+    def _score_attention_on_image(self, batch: Mapping[str, Any]) -> None:
+        """The batch's forward again, with the decoder's attention observed layer by layer: the
+        mass that the positions writing answer tokens put on the image's placeholders."""
+        observer = partial(
+            self.val_attention_on_image.update,
+            image_keys=batch["input_ids"] == self.model.image_token_id,
+            queries=predicting_positions(batch["labels"]),
+        )
+        with self.model.decoder.observe_attention(observer):
+            self(batch)
 
     def _score_generation(self, batch: Mapping[str, Any]) -> None:
         """Greedy answers for the batch's pages, scored against the labelled answers."""

@@ -56,6 +56,7 @@ class SyntheticPagesDataModule(PageDataModule):
         seed: int = 0,
         num_train: int = 10_000,
         num_val: int = 16,
+        val_seed: int | None = None,
         page_size: int = 1024,
         style: dict[str, Any] | None = None,
         target: str = "markdown",
@@ -69,6 +70,12 @@ class SyntheticPagesDataModule(PageDataModule):
             processor, batch_size, num_workers, prompt, bucket_by_length, bucket_batches
         )
         style = dict(style or {})
-        # Validation pages come from stream -1 - seed, which no training seed (>= 0) reaches.
+        # Validation pages come from stream -1 - seed, which no training seed (>= 0) reaches,
+        # unless val_seed fixes them (a study scores every run on the same pages).
+        if val_seed is not None and val_seed >= 0:
+            raise ValueError(
+                f"val_seed must be negative (training streams are >= 0), got {val_seed}"
+            )
+        val_stream = -1 - seed if val_seed is None else val_seed
         self.train_set = SyntheticPageDataset(seed, num_train, page_size, style, target)
-        self.val_set = SyntheticPageDataset(-1 - seed, num_val, page_size, style, target)
+        self.val_set = SyntheticPageDataset(val_stream, num_val, page_size, style, target)

@@ -67,6 +67,27 @@ def test_moe_and_machine_report_their_checks(report):
     assert {"sdpa", "flex"} <= set(masks["backends"])
 
 
+@pytest.mark.slow
+def test_fullsize_runs_each_side_in_its_own_process_from_one_released_folder(tmp_path):
+    """``fullsize`` on the reduced released layout (``--quick``): every row, both ratios' sides,
+    the bandwidth rows and the evaluation estimate (the full-size run is the README's)."""
+    output = tmp_path / "fullsize.json"
+    command = [sys.executable, "-m", "zoo.bench", "--quick", "fullsize", "--output", output]
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    suite = json.loads(output.read_text())["suites"]["fullsize"]
+    cases = [row["case"] for row in suite["rows"]]
+    assert sum(case.startswith("bf16 zoo vs transformers") for case in cases) == 5
+    assert sum(case.startswith("int8 zoo vs bf16 zoo") for case in cases) == 5
+    assert all(isinstance(row["ratio"], float) for row in suite["rows"][:-1])  # timings: noisy
+    sides = suite["sides"]
+    assert {side["side"] for side in sides.values()} == {"zoo", "transformers"}
+    assert sides["zoo int8"]["weight_bytes"] < sides["zoo"]["weight_bytes"]
+    assert len(sides["zoo"]["tokens"]) == suite["page_tokens"] == 8
+    assert suite["same_tokens_zoo_vs_transformers"] > 0.5
+    assert suite["omnidocbench_v15_hours_at_this_rate"]["zoo"] > 0
+
+
 def test_targets_and_table():
     assert meets(0.9, "<= 1.0") and not meets(1.1, "<= 1.0") and meets(1.4, ">= 1.3")
     with pytest.raises(ValueError, match="target"):

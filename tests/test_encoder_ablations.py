@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from encoders.cross_attention_queries import CrossAttentionQueriesEncoder
-from encoders.interventions import INTERVENTIONS, Intervention
+from encoders.interventions import INTERVENTIONS, Intervention, attach_intervention
 from tests.conftest import compose_train
 from zoo.model.build import build_model
 from zoo.registry import create_encoder
@@ -139,6 +139,18 @@ def test_intervened_encoder_keeps_parameter_names_and_intervenes():
     assert torch.allclose(tokens, torch.cat([expected[:, 8:], expected[:, :8]], 1), atol=1e-5)
     assert attention.shape == (2, 1, 4, 16, 16)
     assert swapped.num_tokens(256) == plain.num_tokens(256) == 16
+
+
+def test_an_intervention_attaches_to_a_built_encoder_once():
+    """What zoo.evaluate intervention=... does to a loaded checkpoint's encoder."""
+    encoder = create_encoder("causal_flow", **tiny_causal_flow_kwargs()).eval()
+    pixels = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        expected = encoder(pixels)
+        assert attach_intervention(encoder, "other_image") is encoder
+        assert torch.equal(encoder(pixels), expected.roll(1, dims=0))
+    with pytest.raises(ValueError, match="already has an intervention"):
+        attach_intervention(encoder, "shuffle")
 
 
 # ---- encoder-decoder queries -----------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``zoo.layers.linear.threaded_linear``: the one-row product split over the threads."""
+"""``zoo.layers.linear.threaded_linear``: the one-row product split over the threads (float32) or
+through ``torch.mv`` (bfloat16)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,18 @@ def test_other_products_go_to_linear(rows, out_features, thread_count, stride):
         out = threaded_linear(x, weight)
     assert "bmm.default" not in ops.names
     torch.testing.assert_close(out, F.linear(x, weight))
+
+
+@pytest.mark.parametrize("shape", [(24,), (1, 24)])
+def test_one_reduced_precision_row_goes_through_mv(shape):
+    """torch's bfloat16 matrix-vector kernel: the fast one-row product in that precision."""
+    weight, x = torch.randn(40, 24).bfloat16(), torch.randn(shape).bfloat16()
+    with OpNames() as ops:
+        out = threaded_linear(x, weight)
+    assert "mv.default" in ops.names and "bmm.default" not in ops.names
+    torch.testing.assert_close(
+        out.float(), F.linear(x.float(), weight.float()), rtol=2e-2, atol=2e-2
+    )
 
 
 def test_threaded_linear_module_keeps_linear_parameters_and_gradients(two_threads):

@@ -149,3 +149,76 @@ def test_grounded_answer_is_the_markdown_with_labelled_boxes() -> None:
         assert label == {"figure": "image", "text_block": "text"}.get(block["category_type"], label)
     plain = [part for part in GROUNDING_TAG.sub("", grounded).split("\n\n") if part]
     assert "\n\n".join(plain) == plan.markdown
+
+
+GLYPH_STYLE = dict(
+    max_columns=3, min_column_lines=2, max_blocks_per_column=3, header_prob=0.4,
+    footer_prob=0.4, title_prob=0.3, sidebar_prob=0.3, span_prob=0.4, section_prob=0.0,
+    figure_prob=0.2, table_prob=0.0, formula_prob=0.0, glyph_px=36,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("content", ["glyph_blocks", "glyph_words"])
+def test_glyph_pages_have_valid_ground_truth_in_the_alphabet(content: str) -> None:
+    alphabet = "0123456789"
+    plans = []
+    for index in range(40):
+        plan = plan_page(5, index, 512, content=content, alphabet=alphabet, **GLYPH_STYLE)
+        plans.append(plan)
+        [page] = parse_ground_truth([record(plan)])
+        orders = [b["order"] for b in page.blocks if b["order"] is not None]
+        assert orders == list(range(1, len(orders) + 1))
+        for block in plan.blocks:
+            x0, y0, x1, _, _, y1, _, _ = block["poly"]
+            assert 0 <= x0 <= x1 <= 512 and 0 <= y0 <= y1 <= 512, block
+            text = block.get("text")
+            if text:
+                assert set(text) <= set(alphabet + " "), text
+                if block["order"] is not None:
+                    assert text in plan.markdown
+        assert plan.attributes["language"] == "symbols"
+    words = [b["text"] for p in plans for b in p.blocks if b["category_type"] == "text_block"]
+    spaced = sum(" " in w for w in words)
+    assert (spaced > len(words) / 4) if content == "glyph_words" else spaced == 0
+    metrics = score(plans, [p.markdown for p in plans])  # the ground truth scores perfectly
+    assert metrics["text_edit"] == 0 and metrics["reading_order_edit"] == 0
+
+
+def test_glyph_pages_cover_every_layout_and_are_not_read_in_raster_order() -> None:
+    plans = [plan_page(6, i, 512, content="glyph_blocks", **GLYPH_STYLE) for i in range(120)]
+    layouts = {p.attributes["layout"] for p in plans}
+    issues = {i for p in plans for i in p.attributes["special_issue"]}
+    assert layouts == {"single_column", "double_column", "three_column"}
+    assert {"header", "footer", "sidebar", "spanning_block"} <= issues
+    assert any(b["category_type"] == "figure_caption" for p in plans for b in p.blocks)
+    multi = [p for p in plans if p.attributes["layout"] != "single_column"]
+    in_order = [
+        raster_order(p.blocks) == sorted(b["order"] for b in p.blocks if b["order"]) for p in multi
+    ]
+    assert sum(in_order) < len(multi) / 2
+
+
+def test_a_spanning_block_is_read_between_the_columns_above_and_below_it() -> None:
+    for index in range(200):
+        plan = plan_page(7, index, 512, content="glyph_blocks", **GLYPH_STYLE)
+        if "spanning_block" in plan.attributes["special_issue"]:
+            break
+    else:
+        pytest.fail("no page with a spanning block in 200")
+    ordered = sorted((b for b in plan.blocks if b["order"]), key=lambda b: b["order"])
+    widest = max(ordered, key=lambda b: b["poly"][2] - b["poly"][0])
+    above = [b for b in ordered if b["poly"][5] <= widest["poly"][1]]
+    below = [b for b in ordered if b["poly"][1] >= widest["poly"][5]]
+    assert all(b["order"] < widest["order"] for b in above)
+    assert all(b["order"] > widest["order"] for b in below)
+
+
+def test_bad_glyph_style_is_named() -> None:
+    with pytest.raises(ValueError, match="content must be one of"):
+        LayoutStyle(content="runes")
+    with pytest.raises(ValueError, match="alphabet"):
+        LayoutStyle(content="glyph_blocks", alphabet="A")
+    with pytest.raises(ValueError, match="glyph_count"):
+        LayoutStyle(glyph_count=(3, 2))
+    with pytest.raises(ValueError, match="glyph_px"):
+        LayoutStyle(glyph_px=2)

@@ -40,7 +40,10 @@ RUN_ELSEWHERE = {
     "test_component_contract.py run zoo.train with a few steps",
     "python -m zoo.evaluate ckpt_path=": "needs a training run; tests/test_evaluate_cli.py",
     "python -m zoo.ocr --checkpoint logs/": "needs a training run and a PDF; tests/test_ocr.py",
-    "python -m zoo.bench": "minutes; tests/test_bench.py runs --quick suites",
+    "python -m zoo.bench": "minutes (fullsize: the 3.39B model); tests/test_bench.py runs --quick "
+    "suites, fullsize among them on the reduced released layout",
+    "python -m zoo.study": "hours for the grid; tests/test_study.py runs two systems and an "
+    "intervention for one seed and a few steps, then again (all skipped)",
     "pytest ": "the suite itself",
     "python scripts/lora_demo_": "inputs of the LoRA walkthrough (minutes of training); "
     "tests/test_lora.py trains, saves, loads and merges adapters",

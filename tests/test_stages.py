@@ -87,6 +87,22 @@ def test_encoder_from_a_stage_one_checkpoint_carries_only_the_encoder(tmp_path):
     assert torch.equal(stage_two.model.view_separator, fresh.model.view_separator)
 
 
+def test_from_pretrained_a_lightning_checkpoint_carries_the_whole_model(tmp_path):
+    """The task ladder's next rung starts from the last rung's run (weights only)."""
+    torch.manual_seed(1)
+    rung = make_module(compose_train([]))
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": rung.state_dict()}, checkpoint)
+    torch.manual_seed(2)
+    next_rung = make_module(compose_train([f"init.from_pretrained={checkpoint}"]))
+    mine, theirs = next_rung.model.state_dict(), rung.model.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(tensor, theirs[name]) for name, tensor in mine.items())
+    torch.save({"state_dict": {"model.decoder.norm.weight": torch.ones(3)}}, checkpoint)
+    with pytest.raises(ValueError, match="init.from_pretrained"):
+        make_module(compose_train([f"init.from_pretrained={checkpoint}"]))
+
+
 def test_encoder_from_refuses_an_encoder_of_another_shape(tmp_path):
     other = make_module(compose_train(["encoder=deepencoder"]))
     checkpoint = tmp_path / "v1.ckpt"

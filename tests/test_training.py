@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -73,6 +74,8 @@ def test_train_run_writes_checkpoint_and_metrics(tmp_path):
     metrics = train(cfg)
     assert {"train/loss", "val/loss", "val/text_edit", "val/reading_order_edit"} <= metrics.keys()
     assert 0 <= metrics["val/text_edit"] <= 1
+    assert 0 < metrics["val/attention_on_image"] < 1
+    assert math.isfinite(metrics["val/image_reliance"])  # one batch of two pages: one pair
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     with (tmp_path / "metrics.csv").open() as file:
@@ -82,6 +85,7 @@ def test_train_run_writes_checkpoint_and_metrics(tmp_path):
         "train/loss", "train/aux_loss", "train/lr", "train/grad_norm", "train/tokens_per_s",
         "train/images_per_s", "train/visual_tokens_per_page", f"{layer}/max_over_mean",
         f"{layer}/entropy", "val/loss", "val/text_edit", "val/reading_order_edit",
+        "val/image_reliance", "val/attention_on_image",
     }  # fmt: skip
     assert logged <= columns
 

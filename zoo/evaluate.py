@@ -35,6 +35,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from encoders.interventions import attach_intervention
 from lightning_modules.predict_module import MarkdownWriter, OCRPredictModule, markdown_path
 from lightning_modules.stop_on_sigterm import StopOnSigterm
 from zoo.data.omnidocbench_pages import find_ground_truth, prediction_dataset
@@ -97,6 +98,13 @@ def page_filter_of(cfg: DictConfig) -> dict | None:
     return to_plain(chosen)
 
 
+def _intervention(cfg: DictConfig) -> dict:
+    """The intervention of the run (recorded with its predictions), or nothing."""
+    if not cfg.get("intervention"):
+        return {}
+    return {"intervention": {"name": cfg.intervention, "seed": int(cfg.intervention_seed)}}
+
+
 def predict_pages(cfg: DictConfig, model_path: str, predictions: Path) -> int:
     """Transcribe every selected benchmark page without a ``.md`` in ``predictions``; returns
     the number of pages run."""
@@ -106,6 +114,7 @@ def predict_pages(cfg: DictConfig, model_path: str, predictions: Path) -> int:
         "model": model_identity(model_path),
         "generation": settings.to_dict(),
         "precision": str(cfg.trainer.get("precision")),
+        **_intervention(cfg),
     }
     claim_predictions(predictions, run, overwrite=bool(cfg.get("overwrite")))
     pages = prediction_dataset(data.root, data.ground_truth, data.images, page_filter_of(cfg))
@@ -116,7 +125,11 @@ def predict_pages(cfg: DictConfig, model_path: str, predictions: Path) -> int:
     )  # fmt: skip
     if not todo:
         return 0
-    model, processor = load_inference_model(model_path, to_plain(cfg.get("plugins")) or [])
+    model, processor = load_inference_model(
+        model_path, to_plain(cfg.get("plugins")) or [], settings.quantize
+    )
+    if cfg.get("intervention"):
+        attach_intervention(model.encoder, cfg.intervention, int(cfg.intervention_seed))
     module = OCRPredictModule(model, processor, settings)
     loader = DataLoader(
         ImagePredictionDataset(todo),
@@ -160,7 +173,11 @@ def run_provenance(cfg: DictConfig, model_path: str | None, started: float) -> d
     generation = None
     if model_path is not None:
         settings = GenerationSettings.from_config(to_plain(cfg.generation))
-        generation = {**settings.to_dict(), "checkpoint": checkpoint_fingerprint(model_path)}
+        generation = {
+            **settings.to_dict(),
+            "checkpoint": checkpoint_fingerprint(model_path),
+            **_intervention(cfg),
+        }
     return {
         "generation": generation,
         **zoo_provenance(),

@@ -40,12 +40,14 @@ from zoo.data.page_datasets import UNREADABLE_IMAGE_ERRORS, open_page
 from zoo.inputs.grounding import draw_grounding, parse_grounding
 from zoo.inputs.prompts import resolve_prompt
 from zoo.io.atomic import atomic_path, write_text_atomic
+from zoo.layers.linear import lay_out_weights
 from zoo.model.inference import (
     GenerationSettings,
     Transcription,
     load_inference_model,
     transcribe,
 )
+from zoo.model.quantize import QUANTIZE_MODES, check_quantize
 
 log = logging.getLogger("zoo.ocr")
 
@@ -194,8 +196,9 @@ def run(args: argparse.Namespace) -> list[str]:
     """Transcribe every page of the inputs; returns the problems met (empty: all done)."""
     problems: list[str] = []
     pages = collect_pages(args.inputs, problems)
-    model, processor = load_inference_model(args.checkpoint, args.plugin)
+    model, processor = load_inference_model(args.checkpoint, args.plugin, args.settings.quantize)
     model.to(device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None).eval()
+    lay_out_weights(model)  # the weight layouts of the precision it now runs in
     args.out.mkdir(parents=True, exist_ok=True)
     done = 0
     for batch in _batches(pages, args.batch_size, problems):
@@ -241,6 +244,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    parser.add_argument(
+        "--quantize", choices=QUANTIZE_MODES, default=None,
+        help="weight-only int8 decoder layers, run in bfloat16 (default: the preset's)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         args.settings = GenerationSettings.preset(
@@ -248,7 +255,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             prompt=args.prompt,
             max_new_tokens=args.max_new_tokens,
             no_repeat_ngram_size=args.no_repeat_ngram_size,
+            quantize=args.quantize,
         )
+        check_quantize(args.settings.quantize, getattr(torch, args.dtype) if args.dtype else None)
     except ValueError as error:
         parser.error(str(error))
     args.prompt = resolve_prompt(args.settings.prompt)

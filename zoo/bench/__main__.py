@@ -3,7 +3,9 @@ same random weights, side by side in one process, and against this machine's lim
 
 Suites: vision, prefill, decode, train, eval, moe, masks, ablations, machine (default: all, in
 that order; ``machine`` reads ``vision`` and ``decode`` of the same run; ``ablations`` times the
-zoo against itself without one optimisation). Each figure is the median of
+zoo against itself without one optimisation), and ``fullsize``, run only when named: the
+released configuration in bfloat16 and int8, each side in its own process loading one folder
+(:mod:`zoo.bench.fullsize`). Each figure is the median of
 ``--repeats`` runs after ``--warmup`` untimed ones, with min and max. Ratios are zoo /
 transformers of the medians (lower is faster for times and memory; throughputs say higher is
 better). Results go to ``--output`` as JSON and to stdout as a table.
@@ -11,6 +13,8 @@ better). Results go to ``--output`` as JSON and to stdout as a table.
     python -m zoo.bench                      # everything, full-size encoders (slow on a CPU)
     python -m zoo.bench vision --repeats 7
     python -m zoo.bench --quick              # tiny models, one run each: a smoke test
+    python -m zoo.bench fullsize             # 3.39B parameters: writes a 6.8 GB folder first
+    python -m zoo.bench fullsize --fullsize-model reduced   # the same path in seconds
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from zoo.bench.context import BenchContext
 from zoo.bench.measure import PEAK_MEMORY_METHOD, set_threads
 
 SUITES = ("vision", "prefill", "decode", "train", "eval", "moe", "masks", "ablations", "machine")
+ON_REQUEST = ("fullsize",)  # run only when named
 MODULES = {"eval": "evaluation", "masks": "mask_building"}
 
 
@@ -40,10 +45,10 @@ def run_suites(
     """Run ``suites`` in :data:`SUITES` order; their results are also kept in ``ctx.results``.
     ``on_suite_done`` is called after each (the CLI rewrites its JSON, so a long run that is
     stopped keeps what it measured)."""
-    unknown = [name for name in suites if name not in SUITES]
+    unknown = [name for name in suites if name not in SUITES + ON_REQUEST]
     if unknown:
-        raise ValueError(f"unknown suites {unknown}; valid: {list(SUITES)}")
-    for name in [s for s in SUITES if s in suites]:
+        raise ValueError(f"unknown suites {unknown}; valid: {list(SUITES + ON_REQUEST)}")
+    for name in [s for s in SUITES + ON_REQUEST if s in suites]:
         module = importlib.import_module(f"zoo.bench.{MODULES.get(name, name)}")
         start = time.perf_counter()
         ctx.results[name] = module.run(ctx)
@@ -110,7 +115,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("suites", nargs="*", metavar="SUITE", help=f"any of {', '.join(SUITES)}")
+    parser.add_argument(
+        "suites", nargs="*", metavar="SUITE", help=f"any of {', '.join(SUITES + ON_REQUEST)}"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed runs (default 5)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 1)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
@@ -119,6 +126,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--quick", action="store_true", help="tiny models, 1 run, no warm-up (smoke test)"
+    )
+    parser.add_argument(
+        "--fullsize-model",
+        choices=["full", "reduced"],
+        default="full",
+        help="fullsize: the released configuration, or it scaled down (seconds)",
+    )
+    parser.add_argument(
+        "--fullsize-folder",
+        type=Path,
+        default=None,
+        help="fullsize: keep the released-layout folder here (reused when it holds the model)",
+    )
+    parser.add_argument(
+        "--page-tokens", type=int, default=512, help="fullsize: new tokens of the whole page"
     )
     parser.add_argument(
         "--output", type=Path, default=Path("bench_results.json"), help="JSON file to write"
@@ -131,6 +153,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         threads=args.threads,
         tiny=args.quick,
         decoder_layers=args.decoder_layers,
+        fullsize_model=args.fullsize_model,
+        fullsize_folder=args.fullsize_folder,
+        page_tokens=args.page_tokens,
     )
     set_threads(ctx.threads)
     args.output.parent.mkdir(parents=True, exist_ok=True)

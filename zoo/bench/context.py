@@ -4,6 +4,7 @@ result rows it reports."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from transformers import DeepseekOcr2ForConditionalGeneration
@@ -29,7 +30,8 @@ class BenchContext:
     ``tiny`` swaps every model for tiny widths (smoke runs); otherwise ``main`` has full-size
     encoders and a real-width decoder cut to ``decoder_layers`` layers, ``medium`` real widths
     at reduced depth (training step), ``eval`` a tiny encoder with the ``main`` decoder (the
-    batched-generation throughput).
+    batched-generation throughput). ``fullsize_*`` and ``page_tokens`` set the ``fullsize``
+    suite (:mod:`zoo.bench.fullsize`).
     """
 
     repeats: int = 5
@@ -37,6 +39,9 @@ class BenchContext:
     threads: int = 2
     tiny: bool = False
     decoder_layers: int = 3
+    fullsize_model: str = "full"
+    fullsize_folder: Path | None = None
+    page_tokens: int = 512
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     _pairs: dict[str, tuple[OCRModel, DeepseekOcr2ForConditionalGeneration]] = field(
         default_factory=dict

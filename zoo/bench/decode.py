@@ -3,30 +3,22 @@ through its own ``generate``. Seconds per token = (time of ``n + 1`` new tokens 
 ``n``, paired round by round, so the prefill cancels out. Both sides must produce the same
 tokens (checked: same weights, greedy).
 
-Bytes one step must read (for the machine suite's bandwidth bound): the decoder's active weights
-(every dense weight, the chosen ``k`` of each MoE layer's routed experts, the LM head; one
-embedding row) plus the keys and values cached at the mean context length."""
+Bytes one step must read (for the machine suite's bandwidth bound;
+:func:`zoo.bench.measure.bytes_per_token`): the decoder's active weights (every dense weight, the
+chosen ``k`` of each MoE layer's routed experts, the LM head; one embedding row) plus the keys
+and values cached at the mean context length."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
 
-from decoders import count_parameters, generate
+from decoders import generate
 from zoo.bench.context import BenchContext, comparison, memory_comparison
-from zoo.bench.measure import Stats, peak_tensor_bytes, sample_interleaved
-from zoo.bench.models import prompt_embeddings
+from zoo.bench.measure import Stats, bytes_per_token, peak_tensor_bytes, sample_interleaved
+from zoo.bench.models import greedy_tokens, prompt_embeddings
 from zoo.bench.prefill import PAGE, PROMPT_TOKENS
-
-
-def bytes_per_token(decoder: torch.nn.Module, context: float) -> float:
-    """Bytes a decode step reads at ``context`` cached positions (see the module doc)."""
-    _, active = count_parameters(decoder)
-    element = next(decoder.parameters()).element_size()
-    kv = 2 * len(decoder.layers) * context * decoder.hidden_size * element
-    return active * element + decoder.hidden_size * element + kv
 
 
 def seconds_per_token(many: list[float], one: list[float], new_tokens: int) -> Stats:
@@ -46,9 +38,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         return generate(model.decoder, embeds, mask, max_new_tokens=n)
 
     def transformers(n: int) -> torch.Tensor:
-        config = GenerationConfig(
-            max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
-        )
+        config = greedy_tokens(n)
         return twin.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config)
 
     with torch.no_grad():

@@ -15,11 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
 
 from zoo.bench.context import BenchContext, comparison, memory_comparison
 from zoo.bench.measure import peak_tensor_bytes, time_interleaved
-from zoo.bench.models import prompts, random_pages, transformers_pixels
+from zoo.bench.models import greedy_tokens, prompts, random_pages, transformers_pixels
 from zoo.inputs.preprocessing import ImageBatch
 
 PAGE_SIZES = [
@@ -49,13 +48,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     pages = PAGE_SIZES[:3] if ctx.tiny else PAGE_SIZES
     images = model.preprocess(random_pages(pages))
     ids, mask = prompts(model, images, [INSTRUCTION_TOKENS] * len(pages))
-    config = GenerationConfig(
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        eos_token_id=None,
-        pad_token_id=0,
-    )
+    config = greedy_tokens(new_tokens)
     singles = []
     for index in range(len(pages)):
         single = page_batch(images, index)

@@ -1,4 +1,6 @@
-"""How the benchmark measures: interleaved wall-clock repeats and peak tensor memory.
+"""How the benchmark measures: interleaved wall-clock repeats, peak tensor memory, the bytes a
+decode step reads (:func:`bytes_per_token`) and a process's peak resident set
+(:func:`zoo.io.load.peak_rss_bytes`, for the ``fullsize`` suite, one process per side).
 
 Both sides of a comparison run in the same process, alternating call by call (zoo, transformers,
 zoo, ...), so a load spike from other processes on a shared machine hits both about equally;
@@ -19,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+from decoders.moe import MoEFeedForward
 
 PEAK_MEMORY_METHOD = (
     "peak of live tensor bytes allocated during one call, from torch.profiler memory events "
@@ -97,6 +101,28 @@ def peak_tensor_bytes(call: Callable[[], object]) -> int:
         live += nbytes
         peak = max(peak, live)
     return peak
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    """Bytes of every parameter and buffer of ``module`` (int8 weights and their scales
+    included)."""
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def bytes_per_token(decoder: torch.nn.Module, context: float) -> float:
+    """Bytes a decode step reads at ``context`` cached positions, in the decoder's own
+    precision(s): every tensor once, except the routed experts a token does not pick and all
+    but one row of the embedding table, plus the cached keys and values."""
+    total = tensor_bytes(decoder)
+    for module in decoder.modules():
+        if isinstance(module, MoEFeedForward):
+            unused = module.experts.num_experts - module.router.top_k
+            total -= tensor_bytes(module.experts) * unused / module.experts.num_experts
+    embedding = decoder.embed_tokens.weight
+    if decoder.lm_head.weight is not embedding:
+        total -= embedding.numel() * embedding.element_size() * (1 - 1 / embedding.shape[0])
+    kv = 2 * len(decoder.layers) * context * decoder.hidden_size * embedding.element_size()
+    return total + kv
 
 
 def set_threads(threads: int) -> None:

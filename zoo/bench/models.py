@@ -10,19 +10,31 @@ loudly (strict load).
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 from torch import nn
-from transformers import DeepseekOcr2ForConditionalGeneration
 
 from zoo.inputs.preprocessing import ImageBatch
-from zoo.io.convert.official_checkpoint import RELEASE_IMAGE_TOKEN_ID
+from zoo.io.convert.official_checkpoint import (
+    RELEASE_IMAGE_TOKEN_ID,
+    official_config,
+    zoo_to_official_tensors,
+)
 from zoo.io.convert.transformers_checkpoint import transformers_config, transformers_state_dict
 from zoo.model.build import build_model
 from zoo.model.ocr_model import OCRModel
+
+if TYPE_CHECKING:  # imported where a twin is built: the fullsize suite's zoo process never does
+    from transformers import DeepseekOcr2ForConditionalGeneration, GenerationConfig
+
+SIX_CROP_PAGE = (1536, 1024)  # aspect 3:2 -> a 3 x 2 grid of 768 crops + the global view
 
 TINY_SAM: dict[str, Any] = {
     "name": "sam_vitb",
@@ -96,34 +108,79 @@ def image_token_id(size: ModelSize) -> int:
     return RELEASE_IMAGE_TOKEN_ID if RELEASE_IMAGE_TOKEN_ID < vocab else vocab - 1
 
 
+def random_weight(name: str, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """Random values of a sensible scale for the tensor ``name``: norm gains near 1, unit-variance
+    linear outputs, visible position tables and queries (SAM's zero-initialised tables would
+    hide work)."""
+    noise = torch.randn(shape, generator=generator)
+    if len(shape) == 1:
+        return 1 + 0.1 * noise if name.endswith("weight") else 0.1 * noise
+    if "pos" in name or "queries" in name or "embed_tokens" in name:
+        return 0.5 * noise
+    return noise / math.prod(shape[1:]) ** 0.5
+
+
 @torch.no_grad()
 def randomize_(module: nn.Module, seed: int = 0) -> None:
-    """Random weights of a sensible scale: norm gains near 1, unit-variance linear outputs,
-    visible position tables and queries (SAM's zero-initialised tables would hide work)."""
+    """Every parameter of ``module`` set to :func:`random_weight` values."""
     generator = torch.Generator().manual_seed(seed)
     for name, parameter in module.named_parameters():
-        noise = torch.randn(parameter.shape, generator=generator)
-        if parameter.ndim == 1:
-            parameter.copy_(1 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
-        elif "pos" in name or "queries" in name or "embed_tokens" in name:
-            parameter.copy_(0.5 * noise)
-        else:
-            parameter.copy_(noise / parameter[0].numel() ** 0.5)
+        parameter.copy_(random_weight(name, parameter.shape, generator))
+
+
+def build_config(size: ModelSize) -> dict[str, Any]:
+    """The ``build_model`` config of a DeepSeek-OCR 2 of ``size`` (v2 view mode)."""
+    return {
+        "encoder": {"name": "causal_flow", **size.encoder},
+        "projector": {"name": "linear"},
+        "decoder": {"name": "deepseek_moe", **size.decoder},
+        "model": {"image_mode": "v2", "image_token_id": image_token_id(size)},
+    }
 
 
 def build_zoo_model(size: ModelSize, seed: int = 0) -> OCRModel:
     """A zoo DeepSeek-OCR 2 of ``size`` with random weights, in eval mode."""
     torch.manual_seed(seed)
-    model = build_model(
-        {
-            "encoder": {"name": "causal_flow", **size.encoder},
-            "projector": {"name": "linear"},
-            "decoder": {"name": "deepseek_moe", **size.decoder},
-            "model": {"image_mode": "v2", "image_token_id": image_token_id(size)},
-        }
-    )
+    model = build_model(build_config(size))
     randomize_(model, seed)
     return model.eval()
+
+
+def write_random_release(
+    folder: Path, size: ModelSize, shard_bytes: int = 2**30, seed: int = 0
+) -> Path:
+    """A DeepSeek-OCR 2 of ``size`` with :func:`random_weight` values in the released layout
+    (``config.json``, bfloat16 tensors under the release's names, sharded with an index),
+    written shard by shard: the whole model is never in memory at once."""
+    build = build_config(size)
+    with torch.device("meta"):
+        names = zoo_to_official_tensors(build_model(build).state_dict(), "causal_flow")
+    generator = torch.Generator().manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    weight_map: dict[str, int] = {}
+    shard: dict[str, torch.Tensor] = {}
+    shard_size = total_size = 0
+    for count, (name, meta) in enumerate(names.items(), start=1):
+        shard[name] = random_weight(name, meta.shape, generator).to(torch.bfloat16)
+        shard_size += shard[name].numel() * shard[name].element_size()
+        total_size += shard[name].numel() * shard[name].element_size()
+        weight_map[name] = len(files)
+        if shard_size >= shard_bytes or count == len(names):
+            files.append(folder / f"shard-{len(files)}.safetensors")
+            save_file(shard, files[-1], metadata={"format": "pt"})
+            shard, shard_size = {}, 0
+    final = [f"model-{i + 1:05d}-of-{len(files):05d}.safetensors" for i in range(len(files))]
+    for file, name in zip(files, final, strict=True):
+        file.rename(folder / name)
+    index = {
+        "metadata": {"total_size": total_size},
+        "weight_map": {name: final[number] for name, number in weight_map.items()},
+    }
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config = official_config(build, image_token_id(size))
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
 
 
 def transformers_twin(model: OCRModel) -> DeepseekOcr2ForConditionalGeneration:
@@ -131,6 +188,8 @@ def transformers_twin(model: OCRModel) -> DeepseekOcr2ForConditionalGeneration:
     except the transposed expert stacks), in eval mode. A tensor the zoo keeps in another memory
     layout (the column-major LM head) is given to transformers contiguous, as its own loading
     would store it, so that each side runs with its own layout."""
+    from transformers import DeepseekOcr2ForConditionalGeneration
+
     with torch.device("meta"):
         twin = DeepseekOcr2ForConditionalGeneration(
             transformers_config(model.build_config, model.image_token_id)
@@ -150,6 +209,20 @@ def transformers_twin(model: OCRModel) -> DeepseekOcr2ForConditionalGeneration:
     if leftover:
         raise RuntimeError(f"transformers twin has tensors left on the meta device: {leftover}")
     return twin.eval()
+
+
+def greedy_tokens(new_tokens: int) -> GenerationConfig:
+    """transformers' generation settings for exactly ``new_tokens`` greedy tokens (no stop), as
+    the zoo's side generates them."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
 
 
 def random_pages(sizes: list[tuple[int, int]], seed: int = 0) -> list[Image.Image]:

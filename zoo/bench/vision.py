@@ -16,10 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from zoo.bench.context import BenchContext, comparison, memory_comparison
 from zoo.bench.measure import peak_tensor_bytes, time_interleaved
-from zoo.bench.models import random_pages, transformers_pixels
+from zoo.bench.models import SIX_CROP_PAGE, random_pages, transformers_pixels
 from zoo.inputs.preprocessing import ImageBatch
-
-SIX_CROP_PAGE = (1536, 1024)  # aspect 3:2 -> a 3 x 2 grid of 768 crops
 
 
 def _cases(model) -> dict[str, ImageBatch]:

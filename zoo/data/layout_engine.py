@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from zoo.data import synthetic_content as content
 from zoo.data.page_markdown import blocks_markdown
+from zoo.data.synthetic_content import GLYPH_ALPHABET
 
 # Fonts already on the machine: the system's DejaVu, else the copy matplotlib ships, else
 # Pillow's built-in font. Nothing is downloaded.
@@ -42,15 +43,23 @@ _FONT_FILES = {
     "serif_bold": "DejaVuSerif-Bold.ttf",
 }
 LAYOUT_NAMES = {1: "single_column", 2: "double_column", 3: "three_column"}
+CONTENT_KINDS = ("words", "glyph_words", "glyph_blocks")
 LINE_SPACING = 1.3
 
 
 @dataclass(frozen=True)
 class LayoutStyle:
     """How dense and varied pages are. ``lines_per_column`` body lines fill a column's height,
-    which sets the font size; a column or side bar is at least ``min_column_lines`` line heights
-    wide (lower it for two columns of large type); the probabilities pick the page furniture and
-    the block kinds.
+    which sets the font size unless ``glyph_px`` gives it in pixels; a column or side bar is at
+    least ``min_column_lines`` line heights wide (lower it for two columns of large type); the
+    probabilities pick the page furniture and the block kinds; ``span_prob`` is the chance of a
+    block spanning the columns halfway down a multi-column page (read after the columns above
+    it, before those below).
+
+    ``content`` is what the blocks say: ``words`` (English-like text), ``glyph_words`` (random
+    strings of ``alphabet``, ``glyph_count`` symbols each, grouped as words and lines) or
+    ``glyph_blocks`` (each block one such string). Glyph pages carry no language prior, so a
+    model can only transcribe them by reading the image.
 
     The defaults give sparse pages (a few short blocks, about 130 characters of markdown) that
     tiny models learn on a CPU; :data:`DENSE_STYLE` gives full pages.
@@ -69,8 +78,27 @@ class LayoutStyle:
     figure_prob: float = 0.1
     table_prob: float = 0.1
     formula_prob: float = 0.12
+    span_prob: float = 0.0
+    content: str = "words"
+    alphabet: str = GLYPH_ALPHABET
+    glyph_count: tuple[int, int] = (2, 5)
+    glyph_px: int | None = None
 
     def __post_init__(self) -> None:
+        if self.content not in CONTENT_KINDS:
+            raise ValueError(
+                f"content must be one of {', '.join(CONTENT_KINDS)}, got {self.content!r}"
+            )
+        if len(set(self.alphabet)) < 2 or any(c.isspace() for c in self.alphabet):
+            raise ValueError(
+                f"alphabet must hold at least 2 distinct non-space symbols, got {self.alphabet!r}"
+            )
+        if not 1 <= self.glyph_count[0] <= self.glyph_count[1]:
+            raise ValueError(
+                f"glyph_count must be (min, max) with 1 <= min <= max, got {self.glyph_count}"
+            )
+        if self.glyph_px is not None and self.glyph_px < 6:
+            raise ValueError(f"glyph_px must be at least 6 pixels, got {self.glyph_px}")
         if not 1 <= self.max_columns <= 3:
             raise ValueError(f"max_columns must be 1, 2 or 3, got {self.max_columns}")
         if self.lines_per_column < 2 or self.min_column_lines < 1 or self.max_blocks_per_column < 1:
@@ -84,6 +112,14 @@ class LayoutStyle:
             raise ValueError(
                 f"paragraph_words must be (min, max) with 1 <= min <= max, got {low, high}"
             )
+
+    def text(self) -> content.WordText | content.GlyphText:
+        """The source of the blocks' text for this style's ``content``."""
+        if self.content == "words":
+            return content.WordText()
+        return content.GlyphText(
+            self.alphabet, tuple(self.glyph_count), words=self.content == "glyph_words"
+        )
 
 
 # Full pages: up to three columns of long paragraphs and every kind of block and furniture.
@@ -230,8 +266,11 @@ class _Planner:
         self.rng, self.style = rng, style
         self.plan = PagePlan(size)
         self.margin = round(size * 0.06)
+        self.text = style.text()
         family = rng.choice(("sans", "serif"))
-        body_size = max(6, round((size - 2 * self.margin) / (style.lines_per_column * 1.6)))
+        body_size = style.glyph_px or max(
+            6, round((size - 2 * self.margin) / (style.lines_per_column * 1.6))
+        )
         self.body = face(family, body_size)
         self.bold = face(f"{family}_bold", round(body_size * 1.15))
         self.big = face(f"{family}_bold", round(body_size * 1.6))
@@ -287,7 +326,7 @@ class _Planner:
 
     def header(self, top: float, left: float, right: float) -> float:
         font = self.body
-        text = font.fit(content.title(self.rng, 2, 5), (right - left) * 0.7)
+        text = font.fit(self.text.title(self.rng, 2, 5), (right - left) * 0.7)
         box = self.draw_lines([text], left, top, right - left, font)
         self.add_block("header", box, ordered=False, text=text)
         number = str(self.rng.randint(1, 400))
@@ -300,7 +339,7 @@ class _Planner:
     def footer(self, bottom: float, left: float, right: float) -> float:
         font, y = self.body, bottom - self.body.line_height
         if self.rng.random() < 0.5:
-            text = font.fit(content.sentence(self.rng, 3, 7), (right - left) * 0.4)
+            text = font.fit(self.text.line(self.rng, 3, 7), (right - left) * 0.4)
             box = self.draw_lines([text], left, y, right - left, font)
             self.add_block("footer", box, ordered=False, text=text)
         number = str(self.rng.randint(1, 400))
@@ -311,12 +350,12 @@ class _Planner:
     # --- column blocks -----------------------------------------------------------------------
 
     def paragraph(self, x0, y, width, bottom) -> float | None:
-        text = content.paragraph(self.rng, self.rng.randint(*self.style.paragraph_words))
+        text = self.text.block(self.rng, self.rng.randint(*self.style.paragraph_words))
         return self.text_block("text_block", text, x0, y, width, bottom, self.body)
 
     def section(self, x0, y, width, bottom) -> float | None:
         self.sections += 1
-        text = content.section_title(self.rng, self.sections)
+        text = self.text.section(self.rng, self.sections)
         return self.text_block("title", text, x0, y, width, bottom, self.bold)
 
     def formula(self, x0, y, width, bottom) -> float | None:
@@ -330,7 +369,7 @@ class _Planner:
 
     def figure(self, x0, y, width, bottom) -> float | None:
         height = min(width * self.rng.uniform(0.35, 0.7), self.plan.size * 0.3)
-        caption = f"Figure {self.figures + 1}: {content.sentence(self.rng, 3, 10)}"
+        caption = self.text.caption(self.rng, "Figure", self.figures + 1)
         lines = self.body.wrap(caption.split(), width)
         if y + height + self.gap / 2 + len(lines) * self.body.line_height > bottom:
             return None
@@ -359,7 +398,7 @@ class _Planner:
         font = self.body
         n_cols = self.rng.randint(2, max(2, min(5, int(width // (font.line_height * 5)))))
         n_rows = self.rng.randint(2, 6)
-        caption = f"Table {self.tables + 1}: {content.sentence(self.rng, 3, 10)}"
+        caption = self.text.caption(self.rng, "Table", self.tables + 1)
         caption_lines = font.wrap(caption.split(), width)
         row_height = font.line_height * 1.4
         grid_top = y + len(caption_lines) * font.line_height + self.gap / 2
@@ -410,15 +449,18 @@ class _Planner:
             y += height + self.gap
         return placed
 
-    def sidebar(self, x0: float, x1: float, top: float, bottom: float) -> None:
-        """A shaded box with a small heading and a few paragraphs, read after the columns."""
+    def sidebar(self, x0: float, x1: float, top: float, bottom: float) -> bool:
+        """A shaded box with a small heading and a few paragraphs, read after the columns;
+        False (nothing drawn) when the page furniture left no room for one line in it."""
         pad = self.gap
         height = (bottom - top) * self.rng.uniform(0.3, 0.8)
+        if height < self.bold.line_height + 2 * pad:
+            return False
         frame = (x0, top, x1, top + height)
         self.plan.boxes.append((frame, 232, None, 0))
         inner_x0, inner_x1, y = x0 + pad, x1 - pad, top + pad
         used = self.text_block(
-            "title", content.title(self.rng, 1, 3), inner_x0, y, inner_x1 - inner_x0,
+            "title", self.text.title(self.rng, 1, 3), inner_x0, y, inner_x1 - inner_x0,
             frame[3] - pad, self.bold,
         )  # fmt: skip
         y += (used or 0) + self.gap
@@ -427,17 +469,28 @@ class _Planner:
             if used is None:
                 break
             y += used + self.gap
+        return True
 
     def page(self) -> PagePlan:
         rng, style, size = self.rng, self.style, self.plan.size
         left, right, top, bottom = self.margin, size - self.margin, self.margin, size - self.margin
+        furniture = []
         if rng.random() < style.header_prob:
             top = self.header(top, left, right)
+            furniture.append("header")
         if rng.random() < style.footer_prob:
             bottom = self.footer(bottom, left, right)
+            furniture.append("footer")
         if rng.random() < style.title_prob:
             used = self.text_block(
-                "title", content.title(rng), left, top, right - left, bottom, self.big, center=True
+                "title",
+                self.text.title(rng),
+                left,
+                top,
+                right - left,
+                bottom,
+                self.big,
+                center=True,
             )
             top += (used or 0) + self.gap * 2
         main_left, main_right, side = left, right, None
@@ -452,18 +505,32 @@ class _Planner:
         widest = int((main_right - main_left + gutter) // (narrowest + gutter))
         n_columns = rng.randint(1, max(1, min(style.max_columns, widest)))
         column_width = (main_right - main_left - gutter * (n_columns - 1)) / n_columns
-        for k in range(n_columns):
-            x0 = main_left + k * (column_width + gutter)
-            self.column(x0, x0 + column_width, top, bottom)
-        if side is not None:
-            self.sidebar(*side, top, bottom)
+        # no draw without spanning blocks: word pages stay those of earlier versions
+        spanning = n_columns > 1 and style.span_prob > 0 and rng.random() < style.span_prob
+        columns_top = top
+        if spanning:
+            middle = top + (bottom - top) * rng.uniform(0.3, 0.55)
+            self.columns(n_columns, main_left, column_width, gutter, top, middle)
+            used = self.paragraph(main_left, middle, main_right - main_left, bottom)
+            top = middle + (used or 0) + self.gap * 2
+        self.columns(n_columns, main_left, column_width, gutter, top, bottom)
+        if side is not None and self.sidebar(*side, columns_top, bottom):
+            furniture.append("sidebar")
+        if spanning:
+            furniture.append("spanning_block")
         self.plan.attributes = {
             "data_source": "synthetic",
-            "language": "english",
+            "language": "english" if style.content == "words" else "symbols",
             "layout": LAYOUT_NAMES[n_columns],
-            "special_issue": ["sidebar"] if side is not None else ["None"],
+            "special_issue": furniture or ["None"],
         }
         return self.plan
+
+    def columns(self, n: int, left: float, width: float, gutter: float, top, bottom) -> None:
+        """Fill ``n`` columns of ``width`` side by side between ``top`` and ``bottom``."""
+        for k in range(n):
+            x0 = left + k * (width + gutter)
+            self.column(x0, x0 + width, top, bottom)
 
 
 def page_rng(seed: int, index: int) -> random.Random:

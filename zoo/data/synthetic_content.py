@@ -121,3 +121,62 @@ def formula(rng: random.Random) -> str:
     terms = [_term(rng) for _ in range(rng.randint(1, 4))]
     rhs = terms[0] + "".join(f" {rng.choice(OPERATORS)} {t}" for t in terms[1:])
     return f"{_symbol(rng)} {rng.choice(RELATIONS)} {rhs}"
+
+
+# The glyph styles' default alphabet: digits and capitals, which no language model can predict.
+GLYPH_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def glyph_string(rng: random.Random, alphabet: str, length: tuple[int, int]) -> str:
+    """Symbols drawn uniformly from ``alphabet``, ``length`` = (min, max) of them."""
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(*length)))
+
+
+class WordText:
+    """The text of word pages: English-like sentences, titles and captions."""
+
+    def block(self, rng: random.Random, n_words: int) -> str:
+        return paragraph(rng, n_words)
+
+    def title(self, rng: random.Random, min_words: int = 2, max_words: int = 6) -> str:
+        return title(rng, min_words, max_words)
+
+    def line(self, rng: random.Random, min_words: int, max_words: int) -> str:
+        return sentence(rng, min_words, max_words)
+
+    def section(self, rng: random.Random, number: int) -> str:
+        return section_title(rng, number)
+
+    def caption(self, rng: random.Random, kind: str, number: int) -> str:
+        return f"{kind} {number}: {sentence(rng, 3, 10)}"
+
+
+class GlyphText:
+    """Text with no language prior: random strings of ``alphabet``'s symbols.
+
+    ``words=False`` (the ``glyph_blocks`` style): every block, title, caption and header is one
+    string of ``glyph_count`` symbols. ``words=True`` (``glyph_words``): blocks are runs of such
+    strings separated by spaces, wrapped into lines like words.
+    """
+
+    def __init__(self, alphabet: str, glyph_count: tuple[int, int], words: bool) -> None:
+        self.alphabet, self.glyph_count, self.words = alphabet, glyph_count, words
+
+    def _words(self, rng: random.Random, n_words: int) -> str:
+        count = n_words if self.words else 1
+        return " ".join(glyph_string(rng, self.alphabet, self.glyph_count) for _ in range(count))
+
+    def block(self, rng: random.Random, n_words: int) -> str:
+        return self._words(rng, n_words)
+
+    def title(self, rng: random.Random, min_words: int = 1, max_words: int = 3) -> str:
+        return self._words(rng, rng.randint(1, min(max_words, 3)))
+
+    def line(self, rng: random.Random, min_words: int, max_words: int) -> str:
+        return self._words(rng, rng.randint(1, min(max_words, 3)))
+
+    def section(self, rng: random.Random, number: int) -> str:
+        return self._words(rng, 1)
+
+    def caption(self, rng: random.Random, kind: str, number: int) -> str:
+        return self._words(rng, rng.randint(1, 2))

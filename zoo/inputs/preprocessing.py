@@ -17,6 +17,7 @@ mean = std = 0.5 per channel, bit for bit as ``ToTensor`` + ``Normalize`` in the
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -264,6 +265,18 @@ class ImageBatch:
 
         local = None if self.local_views is None else move(self.local_views)
         return ImageBatch(move(self.global_views), local, list(self.crop_grids))
+
+    def select(self, pages: Sequence[int]) -> ImageBatch:
+        """The views of ``pages`` (indices into this batch, repeats allowed), in that order:
+        each page's global view, tiles and crop grid move together."""
+        starts = [0, *itertools.accumulate(self.tiles_per_image)]
+        tiles = [index for page in pages for index in range(starts[page], starts[page + 1])]
+        local = None
+        if self.local_views is not None and tiles:
+            local = self.local_views[torch.tensor(tiles, device=self.local_views.device)]
+        return ImageBatch(
+            self.global_views[list(pages)], local, [self.crop_grids[page] for page in pages]
+        )
 
     def pin_memory(self) -> ImageBatch:
         """Page-locked copy, used by ``DataLoader(pin_memory=True)``."""

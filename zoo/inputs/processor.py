@@ -22,6 +22,19 @@ from zoo.inputs.text_tokenizer import IMAGE_TOKEN, TextTokenizer
 IGNORE_INDEX = -100
 
 
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, T]``: the positions whose next token is labelled, where the loss reads the
+    logits (an answer token is written from the position before it)."""
+    predicting = torch.zeros_like(labels, dtype=torch.bool)
+    predicting[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return predicting
+
+
+def predicted_labels(labels: torch.Tensor) -> torch.Tensor:
+    """``[N]``: the labels the :func:`predicting_positions` predict, in row-major order."""
+    return labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+
+
 class OCRProcessor:
     """Turns pages and prompts into ``input_ids``, ``attention_mask``, ``labels`` and views."""
 

@@ -1,6 +1,7 @@
 """The ``init`` node of a run config: weights loaded into a freshly built model before training.
 
-``from_pretrained``: a whole model from a checkpoint folder (``zoo.io.load.from_pretrained``).
+``from_pretrained``: a whole model from a checkpoint folder (``zoo.io.load.from_pretrained``) or
+from a Lightning ``.ckpt`` of an earlier run (e.g. a lower rung of the study's task ladder).
 ``encoder_from``: only the encoder, from a Lightning ``.ckpt`` of an earlier stage or a
 ``from_pretrained`` folder (e.g. stage 1's encoder under stage 2's MoE decoder).
 Any other key names a public weight format one part of the model declares
@@ -32,15 +33,17 @@ INIT_KEYS = ("from_pretrained", "encoder_from")
 LIGHTNING_MODEL_PREFIX = "model."
 
 
-def encoder_state(path: Path | str) -> dict[str, torch.Tensor]:
-    """The encoder tensors of a Lightning ``.ckpt`` (an OCRLightningModule run) or of a
-    ``from_pretrained`` folder, named relative to the encoder."""
+def checkpoint_state(path: Path | str, part: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of the model (``part=""``) or of one of its parts (``"encoder"``) from a
+    Lightning ``.ckpt`` of an OCRLightningModule run or from a ``from_pretrained`` folder,
+    named relative to that part."""
     path = Path(path)
+    what = f"init.{'from_pretrained' if not part else part + '_from'}"
     if path.is_file():
         checkpoint = read_checkpoint_file(path)
         if "state_dict" not in checkpoint:
-            raise InitError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
-        prefix = LIGHTNING_MODEL_PREFIX + "encoder."
+            raise InitError(f"{what}: {path} is not a Lightning checkpoint (no 'state_dict')")
+        prefix = LIGHTNING_MODEL_PREFIX + (f"{part}." if part else "")
         tensors = {
             k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
         }
@@ -48,8 +51,9 @@ def encoder_state(path: Path | str) -> dict[str, torch.Tensor]:
             raise InitError(f"{path}: no '{prefix}*' tensors; is it an OCRLightningModule run?")
         return tensors
     if path.is_dir():
-        return from_pretrained(str(path)).encoder.state_dict()
-    raise FileNotFoundError(f"init.encoder_from: {path} is neither a .ckpt file nor a folder")
+        model = from_pretrained(str(path))
+        return (model.get_submodule(part) if part else model).state_dict()
+    raise FileNotFoundError(f"{what}: {path} is neither a .ckpt file nor a folder")
 
 
 def initialize(model: OCRModel, init: Mapping[str, Any] | None) -> None:
@@ -66,11 +70,13 @@ def initialize(model: OCRModel, init: Mapping[str, Any] | None) -> None:
         )
     if init.get("from_pretrained"):
         source = init["from_pretrained"]
-        load_checked(model, from_pretrained(source).state_dict(), f"init.from_pretrained={source}")
+        load_checked(model, checkpoint_state(source), f"init.from_pretrained={source}")
         log.info("initialised the whole model from %s", source)
     if init.get("encoder_from"):
         source = init["encoder_from"]
-        load_checked(model.encoder, encoder_state(source), f"init.encoder_from={source}")
+        load_checked(
+            model.encoder, checkpoint_state(source, "encoder"), f"init.encoder_from={source}"
+        )
         log.info("initialised the encoder from %s", source)
     for key, part in sources.items():
         if key not in init:

@@ -1,7 +1,8 @@
 """The leaf layer library shared by the encoders and decoders: the threaded linear layer
 (``linear``), RMSNorm (``norms``), rotary positions (``rotary``), the SwiGLU MLP (``swiglu``),
-one attention core with its backends (``attention``) and SAM's relative-position
-specialisation of it (``relpos_attention``). It imports nothing of the zoo but itself.
+one attention core with its backends (``attention``), SAM's relative-position specialisation
+of it (``relpos_attention``) and weight-only int8 layers (``int8``). It imports nothing of the
+zoo but itself.
 """
 
 from zoo.layers.attention import (
@@ -15,6 +16,7 @@ from zoo.layers.attention import (
     split_qkv,
     xformers_available,
 )
+from zoo.layers.int8 import Int8Linear, int8_linear, quantize_per_channel
 from zoo.layers.linear import ThreadedLinear, threaded_linear
 from zoo.layers.norms import RMSNorm
 from zoo.layers.rotary import Rope, RotaryEmbedding, apply_rotary, pairs_to_halves
@@ -24,6 +26,7 @@ __all__ = [
     "ATTENTION_BACKENDS",
     "ATTENTION_KERNELS",
     "GroupedQueryAttention",
+    "Int8Linear",
     "RMSNorm",
     "Rope",
     "RotaryEmbedding",
@@ -31,8 +34,10 @@ __all__ = [
     "ThreadedLinear",
     "apply_rotary",
     "check_attention_backend",
+    "int8_linear",
     "merge_heads",
     "pairs_to_halves",
+    "quantize_per_channel",
     "sdpa_attention",
     "split_heads",
     "split_qkv",

@@ -78,12 +78,18 @@ def sdpa_attention(
 
 
 def eager_attention_with_probs(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention written out (scores, mask, float32 softmax); also returns the probabilities
-    ``[B, H, T, S]``, which the fused kernels never materialise."""
+    ``[B, H, T, S]``, which the fused kernels never materialise. ``scale`` defaults to
+    ``1 / sqrt(D)``, as SDPA's."""
     key, value = repeat_kv(key, query.shape[1]), repeat_kv(value, query.shape[1])
-    scores = query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    scores = query @ key.transpose(-1, -2) * scale
     if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, float("-inf"))
     elif mask is not None:

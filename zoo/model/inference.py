@@ -19,22 +19,27 @@ from zoo.inputs.prompts import resolve_prompt
 from zoo.inputs.text_tokenizer import TextTokenizer
 from zoo.io.lightning_checkpoint import read_ocr_checkpoint
 from zoo.io.load import from_pretrained, load_processor
+from zoo.layers.linear import lay_out_weights
 from zoo.model.ocr_model import OCRModel
+from zoo.model.quantize import QUANTIZED_ACTIVATION_DTYPE, check_quantize, quantize_model
 from zoo.registry import check_plugins_loaded, import_plugins
 
 
 def load_inference_model(
-    path: Path | str, plugins: Sequence[str] = ()
+    path: Path | str, plugins: Sequence[str] = (), quantize: str | None = None
 ) -> tuple[OCRModel, OCRProcessor]:
     """The model and processor of a Lightning ``.ckpt`` written by ``zoo.train``, or of a
     checkpoint directory (released, transformers- or zoo-saved) read by :mod:`zoo.io.load`.
 
     ``plugins``: modules of user components the caller allows; a plugin the checkpoint lists
     but the caller did not name is never imported (see :func:`zoo.io.load.from_pretrained`).
+    ``quantize``: ``"int8"`` for weight-only int8 in bfloat16 (:mod:`zoo.model.quantize`).
     """
     path = Path(path)
+    check_quantize(quantize)
     if path.is_dir():
-        return from_pretrained(path, plugins=plugins), load_processor(path)
+        model = from_pretrained(path, plugins=plugins, quantize=quantize)
+        return model, load_processor(path)
     if path.is_file():
         from lightning_modules.ocr_module import OCRLightningModule
 
@@ -46,7 +51,12 @@ def load_inference_model(
         module = OCRLightningModule.load_from_checkpoint(
             path, map_location="cpu", weights_only=True
         )
-        return module.model, module.processor
+        model = module.model.eval()
+        if quantize:
+            model.to(QUANTIZED_ACTIVATION_DTYPE)
+            lay_out_weights(model)
+            quantize_model(model, quantize)
+        return model, module.processor
     raise FileNotFoundError(
         f"checkpoint {path}: no such file or directory; expected a Lightning .ckpt of zoo.train "
         "or a checkpoint directory"
@@ -64,7 +74,8 @@ class GenerationSettings:
     many *generated* tokens are searched (the official scripts' guard), without it the whole
     history, prompt included (transformers' ``no_repeat_ngram_size``). ``ngram_exempt``: tokens
     never banned, resolved to ids by the tokenizer. ``view_mode``: None keeps the checkpoint's.
-    ``postprocess``: a preset of :mod:`zoo.inputs.postprocessing`.
+    ``postprocess``: a preset of :mod:`zoo.inputs.postprocessing`. ``quantize``: ``"int8"``
+    loads the model with weight-only int8 decoder layers, in bfloat16 (None: as stored).
     """
 
     name: str = "default"
@@ -75,6 +86,7 @@ class GenerationSettings:
     ngram_exempt: tuple[str, ...] = ()
     view_mode: str | Mapping | None = None
     postprocess: str = "grounding"
+    quantize: str | None = None
 
     @classmethod
     def from_config(cls, config: Mapping) -> GenerationSettings:
@@ -87,6 +99,7 @@ class GenerationSettings:
             )
         values = dict(config)
         values["ngram_exempt"] = tuple(values.get("ngram_exempt") or ())
+        check_quantize(values.get("quantize"))
         return cls(**values)
 
     @classmethod

@@ -23,7 +23,7 @@ from decoders.generation import generate as generate_tokens
 from encoders.base import VisionEncoder
 from zoo.inputs.image_layout import assemble_image_embeddings, num_image_tokens
 from zoo.inputs.preprocessing import ImageBatch, ViewMode, get_view_mode, preprocess
-from zoo.inputs.processor import IGNORE_INDEX
+from zoo.inputs.processor import IGNORE_INDEX, predicted_labels, predicting_positions
 from zoo.io.save import save_pretrained as save_folder
 from zoo.model.component import Component, merge_declarations
 
@@ -165,8 +165,7 @@ class OCRModel(Component):
         embeds = self.embed_inputs(input_ids, images)
         keep: torch.Tensor | int = 0
         if logits == "labelled":
-            keep = torch.zeros_like(labels, dtype=torch.bool)
-            keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+            keep = predicting_positions(labels)
         out = self.decoder(
             embeds,
             attention_mask=attention_mask,
@@ -177,7 +176,7 @@ class OCRModel(Component):
         )
         loss = None
         if logits == "labelled":
-            loss = F.cross_entropy(out.logits.float(), labels[:, 1:][keep[:, :-1]])
+            loss = F.cross_entropy(out.logits.float(), predicted_labels(labels))
         elif labels is not None:
             loss = F.cross_entropy(
                 out.logits[:, :-1].flatten(0, 1).float(),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -53,6 +53,27 @@ TRANSFORMERS_PREFIX = "model.language_model."
 LM_HEAD = "lm_head.weight"
 _BODY = ("embed_tokens.", "layers.", "norm.")
 
+# One expert's ``[rows, in]`` matrix and where it goes in a stack stored ``[E, out, in]``:
+# ``(expert, first row, matrix)``.
+ExpertRows = tuple[int, int, torch.Tensor]
+StackExperts = Callable[[str, tuple[int, int, int], list[ExpertRows]], dict[str, torch.Tensor]]
+
+
+def stack_experts(
+    name: str,
+    shape: tuple[int, int, int],
+    pieces: list[ExpertRows],
+    release: Callable[[torch.Tensor], None] = lambda tensor: None,
+) -> dict[str, torch.Tensor]:
+    """``{name: stack}``: the experts' ``[out, in]`` matrices copied as they are into one
+    preallocated ``shape`` tensor, returned as its input-major-shaped view (output-major, see
+    :class:`decoders.moe.RoutedExperts`); ``release`` is called on each piece once copied."""
+    stacked = pieces[0][2].new_empty(shape)
+    for expert, row, matrix in pieces:
+        stacked[expert, row : row + matrix.shape[0]] = matrix
+        release(matrix)
+    return {name: stacked.transpose(1, 2)}
+
 
 def is_decoder_key(key: str, prefix: str = OFFICIAL_PREFIX) -> bool:
     """Whether a whole-model ``key`` belongs to the decoder of a layout rooted at ``prefix``."""
@@ -78,23 +99,34 @@ def _rename(key: str, rest: str, rules: tuple[RenameRule, ...], layout: str) -> 
 
 def official_to_zoo(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Decoder weights of an official checkpoint, in zoo names (per-expert tensors stacked)."""
-    out: dict[str, torch.Tensor] = {}
+    return dict(iter_official_to_zoo(state_dict))
+
+
+def iter_official_to_zoo(
+    state_dict: Mapping[str, torch.Tensor], stack: StackExperts = stack_experts, prefix: str = ""
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """:func:`official_to_zoo` one tensor at a time under ``prefix``, each layer's expert
+    stacks last and made one at a time by ``stack`` (:func:`stack_experts`; a loader's may
+    convert or quantize each expert as it copies it), so that a caller can convert each
+    tensor before the next is made."""
     experts: dict[int, dict[tuple[int, str], torch.Tensor]] = defaultdict(dict)
     for key, rest, tensor in _decoder_entries(state_dict, OFFICIAL_PREFIX):
         match = _OFFICIAL_EXPERTS.fullmatch(rest)
         if match:
             experts[int(match[1])][(int(match[2]), match[3])] = tensor
         else:
-            out[_rename(key, rest, _TO_ZOO, "official")] = tensor
+            yield prefix + _rename(key, rest, _TO_ZOO, "official"), tensor
     for layer, parts in experts.items():
-        out.update(_stack_experts(layer, parts))
-    return out
+        for name, shape, pieces in _expert_pieces(layer, parts):
+            yield from stack(prefix + name, shape, pieces).items()
 
 
-def _stack_experts(
+def _expert_pieces(
     layer: int, parts: Mapping[tuple[int, str], torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Per-expert ``[I, H]``/``[H, I]`` tensors of one layer -> the zoo's two stacked tensors."""
+) -> list[tuple[str, tuple[int, int, int], list[ExpertRows]]]:
+    """Per-expert ``[I, H]``/``[H, I]`` tensors of one layer -> the zoo's two stacks, as
+    ``(name, stored shape, pieces)``: ``w_gate_up`` stored ``[E, 2I, H]`` (gate rows first),
+    ``w_down`` stored ``[E, H, I]``."""
     count = 1 + max(index for index, _ in parts)
     missing = [
         f"experts.{index}.{name}_proj"
@@ -104,15 +136,18 @@ def _stack_experts(
     ]
     if missing:
         raise KeyError(f"layer {layer} lacks expert weights: {', '.join(missing[:6])}")
-
-    def stacked(name: str) -> torch.Tensor:
-        return torch.stack([parts[index, name] for index in range(count)])
-
-    gate_up = torch.cat((stacked("gate"), stacked("up")), dim=1)
-    return {
-        f"layers.{layer}.mlp.experts.w_gate_up": gate_up.transpose(1, 2).contiguous(),
-        f"layers.{layer}.mlp.experts.w_down": stacked("down").transpose(1, 2).contiguous(),
-    }
+    intermediate, hidden = parts[0, "gate"].shape
+    prefix = f"layers.{layer}.mlp.experts"
+    gate_up = [
+        piece
+        for index in range(count)
+        for piece in ((index, 0, parts[index, "gate"]), (index, intermediate, parts[index, "up"]))
+    ]
+    down = [(index, 0, parts[index, "down"]) for index in range(count)]
+    return [
+        (f"{prefix}.w_gate_up", (count, 2 * intermediate, hidden), gate_up),
+        (f"{prefix}.w_down", (count, hidden, intermediate), down),
+    ]
 
 
 def _exported_key(key: str, prefix: str) -> str:

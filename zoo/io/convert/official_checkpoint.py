@@ -17,7 +17,7 @@ release's values.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -29,9 +29,11 @@ from encoders.clip import ClipOverFeatureMap
 from encoders.deepencoder import DEFAULT_TOKENIZER as V1_TOKENIZER
 from encoders.sam import SamViTB
 from zoo.io.convert.deepseek_decoder import (
+    StackExperts,
     is_decoder_key,
+    iter_official_to_zoo,
     official_config_to_kwargs,
-    official_to_zoo,
+    stack_experts,
     zoo_to_official,
 )
 from zoo.io.convert.deepseek_ocr2_vision import CAUSAL_FLOW_FROM_OFFICIAL, OFFICIAL_FROM_CAUSAL_FLOW
@@ -312,11 +314,18 @@ def official_to_zoo_tensors(
 
     Raises :class:`ReleasedLayoutError` listing the names that belong to no part.
     """
+    return dict(iter_official_to_zoo_tensors(tensors, encoder_name))
+
+
+def iter_official_to_zoo_tensors(
+    tensors: Mapping[str, torch.Tensor], encoder_name: str, stack: StackExperts = stack_experts
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """:func:`official_to_zoo_tensors` one tensor at a time (see
+    :func:`~zoo.io.convert.deepseek_decoder.iter_official_to_zoo`, which ``stack`` goes to)."""
     rules = [
         *template_rules(_MODEL_PARTS),
         *prefixed("", "encoder.", _VISION_FROM_OFFICIAL[encoder_name]),
     ]
-    out = {"decoder." + k: v for k, v in official_to_zoo(tensors).items()}
     unknown = []
     for key, tensor in tensors.items():
         if is_decoder_key(key) or (encoder_name == "deepencoder" and key == V1_UNUSED):
@@ -325,12 +334,12 @@ def official_to_zoo_tensors(
         if renamed is None:
             unknown.append(key)
         else:
-            out[renamed] = tensor
+            yield renamed, tensor
     if unknown:
         raise ReleasedLayoutError(
             f"{len(unknown)} tensors belong to no part of a {encoder_name} model: {unknown[:10]}"
         )
-    return out
+    yield from iter_official_to_zoo(tensors, stack, prefix="decoder.")
 
 
 def zoo_to_official_tensors(

@@ -1,0 +1,114 @@
+"""The study command: its grid composes into real runs, its statistics are right, and a smoke
+run of two systems trains, evaluates, records, resumes and reports."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.conftest import compose_train
+from zoo.studies.grid import READING_ORDER
+from zoo.studies.statistics import holm_adjust, mean_interval, paired_difference_p, paired_tests
+
+
+def test_mean_interval_is_students_t() -> None:
+    interval = mean_interval([1.0, 2.0, 3.0])
+    # t(0.975, 2 df) = 4.3027 (statistical tables); sd = 1, n = 3
+    assert interval.mean == 2.0
+    assert interval.half_width == pytest.approx(4.3027 / math.sqrt(3), rel=1e-4)
+    assert mean_interval([0.5]).half_width == 0.0
+    with pytest.raises(ValueError, match="at least one"):
+        mean_interval([])
+
+
+def test_paired_test_separates_a_shift_from_noise() -> None:
+    base = [0.1 * (k % 7) for k in range(40)]
+    assert paired_difference_p(base, base) == 1.0
+    shifted = [b + 0.05 + 0.01 * (k % 3) for k, b in enumerate(base)]
+    assert paired_difference_p(shifted, base) < 1e-6
+    noisy = [b + (0.02 if k % 2 else -0.02) for k, b in enumerate(base)]
+    assert paired_difference_p(noisy, base) > 0.5
+    with pytest.raises(ValueError, match="length"):
+        paired_difference_p(base, base[:-1])
+
+
+def test_holm_adjustment_matches_a_worked_example() -> None:
+    # Holm (1979) step-down: sorted p (0.01, 0.02, 0.04) x (3, 2, 1), running maximum
+    adjusted = holm_adjust({"a": 0.04, "b": 0.01, "c": 0.02})
+    assert adjusted == pytest.approx({"a": 0.04, "b": 0.03, "c": 0.04})
+
+
+def test_paired_tests_compare_each_system_with_the_baseline_on_shared_pages() -> None:
+    pages = {f"p{k}": 0.1 * (k % 5) for k in range(30)}
+    per_page = {
+        "base": pages,
+        "same": dict(pages),
+        "worse": {p: v + 0.2 for p, v in pages.items()},
+        "partial": {p: v for p, v in list(pages.items())[:10]},
+    }
+    tests = paired_tests(per_page, "base")
+    assert set(tests) == {"same", "worse", "partial"}
+    assert tests["worse"].mean_difference == pytest.approx(0.2)
+    assert tests["worse"].p_holm < 0.001 and tests["same"].p_holm == 1.0
+    assert tests["partial"].n_pages == 10
+
+
+def test_the_reading_order_grid_is_the_issues_grid_and_every_system_composes() -> None:
+    assert [s.name for s in READING_ORDER.systems] == [
+        "deepencoder", "causal_flow", "mask_bidirectional_queries", "mask_causal",
+        "mask_bidirectional", "query_ratio_half", "encoder_decoder_queries",
+    ]  # fmt: skip
+    assert [i.kind for i in READING_ORDER.interventions] == ["shuffle", "other_image"]
+    for system in READING_ORDER.systems:
+        cfg = compose_train(system.train_overrides(READING_ORDER.experiment))
+        assert cfg.data.style.content == "glyph_blocks", system.name
+        assert cfg.model.image_mode.global_size == 512, system.name
+    cfg = compose_train(READING_ORDER.systems[4].train_overrides(READING_ORDER.experiment))
+    assert cfg.encoder.mask == "bidirectional" and not cfg.encoder.with_queries
+
+
+def test_selecting_an_intervention_keeps_the_system_it_needs() -> None:
+    grid = READING_ORDER.select(["intervention_shuffle", "deepencoder"])
+    assert [s.name for s in grid.systems] == ["deepencoder", "causal_flow"]
+    assert grid.baseline == "causal_flow"
+    with pytest.raises(ValueError, match="unknown systems"):
+        READING_ORDER.select(["vit_huge"])
+
+
+@pytest.mark.slow
+def test_study_smoke_run_trains_evaluates_records_resumes_and_reports(tmp_path) -> None:
+    from zoo.study import main
+
+    results, work = tmp_path / "results", tmp_path / "work"
+    args = [
+        "reading_order", "--systems", "causal_flow", "deepencoder", "intervention_shuffle",
+        "--seeds", "0", "--results", str(results), "--work", str(work),
+        "--max-new-tokens", "12",
+        "trainer.max_steps=2", "trainer.val_check_interval=2",
+        "callbacks.model_checkpoint.every_n_train_steps=2", "data.num_val=4",
+        "data.batch_size=2", "module.val_generate_pages=2", "module.val_max_new_tokens=8",
+    ]  # fmt: skip
+    assert main(args) == 0
+    for name in ("causal_flow", "deepencoder", "intervention_shuffle"):
+        record = json.loads((results / "runs" / name / "seed0.json").read_text())
+        assert record["n_pages"] == 4 and len(record["pages"]) == 4
+        assert 0 <= record["evaluation"]["reading_order_edit"] <= 1
+    assert json.loads((results / "runs/causal_flow/seed0.json").read_text())["validation"]
+    shuffled = json.loads((results / "runs/intervention_shuffle/seed0.json").read_text())
+    assert shuffled["intervention"] == "shuffle"
+    evaluation = json.loads(
+        (work / "causal_flow/seed0/eval_intervention_shuffle/metrics.json").read_text()
+    )
+    assert evaluation["provenance"]["generation"]["intervention"] == {"name": "shuffle", "seed": 0}
+    for name in ("table.md", "summary.json", "scores.png", "reading_order_by_layout.png"):
+        assert (results / name).stat().st_size > 0, name
+    table = (results / "table.md").read_text()
+    assert "`deepencoder`" in table and "baseline" in table and "1 column" in table
+    heldout = json.loads((results / "heldout.json").read_text())
+    assert heldout["n_pages"] == 4 and len(heldout["page_groups"]) == 4
+    # a rerun finds every record and trains nothing
+    stamps = {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*.json")}
+    assert main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*.json")} == stamps
