@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import SwiGLU
+from zoo.layers import SwiGLU, matvec
 from zoo.layers.int8 import SCALE_SUFFIX, Int8Weights, int8_linear
 from zoo.layers.linear import (
     DtypeLaidOut,
@@ -169,10 +169,33 @@ class ExpertStack(nn.Module):
         """Rows of ``x`` grouped by expert (``counts[e]`` each) times stack ``name``'s experts."""
         raise NotImplementedError
 
+    def stack_scales(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The per-output scales of ``w_gate_up`` and ``w_down`` for int8 stacks, else ``None``."""
+        return None
+
+    def output_major_stacks(
+        self,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None] | None:
+        """``(gate_up [E, 2I, hidden], down [E, hidden, I], scales)`` as the contiguous
+        bfloat16 (or int8 with bfloat16 scales) tensors :func:`zoo.layers.matvec.moe_experts`
+        takes, or ``None`` where the stacks are not stored so."""
+        gate_up, down = (getattr(self, name).transpose(-1, -2) for name in ("w_gate_up", "w_down"))
+        scales = self.stack_scales()
+        if scales is not None and any(scale.dtype != torch.bfloat16 for scale in scales):
+            return None
+        dtype = torch.bfloat16 if scales is None else torch.int8
+        usable = gate_up.is_contiguous() and down.is_contiguous() and gate_up.dtype == dtype
+        return (gate_up, down, scales) if usable and down.dtype == dtype else None
+
     def forward(
         self, hidden: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor
     ) -> torch.Tensor:
-        """Weighted sum of the chosen experts' outputs for ``hidden`` ``[N, hidden_size]``."""
+        """Weighted sum of the chosen experts' outputs for ``hidden`` ``[N, hidden_size]``: one
+        token (a decode step) as one call of the zoo's CPU kernel where it runs, else sorted
+        into grouped products."""
+        stacks = self.output_major_stacks() if matvec.runs_here(hidden) else None
+        if stacks is not None:
+            return matvec.moe_experts(hidden, stacks[0], stacks[1], expert_ids, weights, stacks[2])
         top_k = expert_ids.shape[-1]
         pair_experts = expert_ids.reshape(-1)
         order = pair_experts.argsort(stable=True)
@@ -265,6 +288,9 @@ class Int8RoutedExperts(ExpertStack, Int8Weights):
         return per_expert_matmul(
             x, counts, lambda e, rows: int8_linear(rows, weight[e].t(), scale[e])
         )
+
+    def stack_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.w_gate_up_scale, self.w_down_scale
 
 
 def expert_balance_loss(

@@ -42,16 +42,28 @@ def resize_positions(pos_embed: torch.Tensor, height: int, width: int) -> torch.
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patch projection: ``[B, 3, H, W] -> [B, H/p, W/p, C]`` (channels last)."""
+    """Non-overlapping patch projection: ``[B, 3, H, W] -> [B, H/p, W/p, C]`` (channels last).
+
+    The projection is a stride-``p`` convolution (``proj``, as checkpoints store it), computed
+    as a linear layer over the flattened patches: the same sums, channels-last directly, and
+    lean on CPU, where the bfloat16 convolution allocated 1.5 GiB for one 1024 view here (the
+    patches take 14 MiB) and ran 2-4x slower in both precisions.
+    """
 
     def __init__(self, patch_size: int, width: int, in_chans: int = 3) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        # Contiguous channels-last, or every later op of the residual stream inherits (and
-        # re-copies) the permuted strides.
-        return self.proj(pixel_values).permute(0, 2, 3, 1).contiguous()
+        batch, channels, height, width = pixel_values.shape
+        size = self.proj.kernel_size[0]
+        if height % size or width % size:
+            raise ValueError(
+                f"pixel_values of {height}x{width} do not split into {size}x{size} patches"
+            )
+        patches = pixel_values.reshape(batch, channels, height // size, size, width // size, size)
+        patches = patches.permute(0, 2, 4, 1, 3, 5).flatten(3)
+        return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
 
 
 class LayerNorm2d(nn.Module):

@@ -26,7 +26,11 @@ from encoders.sam import (
 from zoo.bench.measure import peak_tensor_bytes
 from zoo.io.convert.deepseek_ocr2_vision import TRANSFORMERS_FROM_SAM
 from zoo.io.convert.rules import rename_state_dict
-from zoo.layers.relpos_attention import relative_position_factors, relpos_sdpa
+from zoo.layers.relpos_attention import (
+    folded_relpos_sdpa,
+    relative_position_factors,
+    relpos_sdpa,
+)
 from zoo.registry import create_encoder
 
 # One windowed and one global block; real patch size, window and view sizes.
@@ -228,3 +232,42 @@ def test_inference_attention_builds_the_bias_block_by_block():
         torch.testing.assert_close(
             attention(x), whole_bias_attention(attention, x), rtol=1e-5, atol=1e-5
         )
+
+
+@pytest.mark.parametrize("grid", [(6, 6), (8, 5)])
+def test_the_folded_bias_is_the_same_attention(grid):
+    """Folding the bias into the heads (one unmasked SDPA) computes exactly the biased
+    attention: float64 to 1e-10, on square and non-square grids."""
+    generator = torch.Generator().manual_seed(0)
+    height, width = grid
+    query, key, value = (
+        torch.randn(3, 2, height * width, 16, generator=generator, dtype=torch.float64)
+        for _ in range(3)
+    )
+    rel_h = torch.randn(2 * height - 1, 16, generator=generator, dtype=torch.float64)
+    rel_w = torch.randn(2 * width - 1, 16, generator=generator, dtype=torch.float64)
+    factors = relative_position_factors(query, rel_h, rel_w, height, width)
+    torch.testing.assert_close(
+        folded_relpos_sdpa(query, key, value, *factors),
+        relpos_sdpa(query, key, value, *factors),
+        rtol=1e-10,
+        atol=1e-10,
+    )
+
+
+def test_bfloat16_inference_folds_the_bias_and_is_closer_to_float64():
+    """A bfloat16 global block on CPU takes the folded path: it never holds the ``L x L`` bias,
+    and its error against float64 is below that of the bias rounded to bfloat16 (SDPA given
+    the bias as a bfloat16 mask)."""
+    attention = SamAttention(64, 2, 64).eval()
+    randomize_(attention)
+    x = torch.randn(1, 64, 64, 64)
+    with torch.no_grad():
+        exact = attention.double()(x.double())
+        attention.bfloat16()
+        score_bytes = 2 * (64 * 64) ** 2 * 2
+        assert peak_tensor_bytes(lambda: attention(x.bfloat16())) < score_bytes / 2
+        folded_error = (attention(x.bfloat16()).double() - exact).abs().max()
+        masked_error = (whole_bias_attention(attention, x.bfloat16()).double() - exact).abs().max()
+    assert folded_error < masked_error
+    assert folded_error < 0.05 * exact.abs().max()

@@ -2,7 +2,9 @@
 by torch's own CPU kernel for them.
 
 Why: a decode step on a CPU reads every active weight once per token and is bound by those
-bytes; int8 halves bfloat16's. torch ships the kernel, ``torch._weight_int8pack_mm``
+bytes; int8 halves bfloat16's. One row goes to the zoo's kernel where it runs
+(:mod:`zoo.layers.matvec`, which reads the weights 1.2-1.4x faster). Otherwise torch ships the
+kernel, ``torch._weight_int8pack_mm``
 (bfloat16 rows times an ``[out, in]`` int8 matrix, scaled per output channel); torchao's
 int8 weight-only linear calls that same kernel on CPU (or dequantizes before an ``mm``) and has
 no form for stacked experts, so the zoo calls the kernel directly and needs no other package.
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.layers import matvec
 from zoo.layers.linear import with_contiguous_dim
 
 SCALE_SUFFIX = "_scale"
@@ -63,6 +66,10 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> t
     ``scale``'s dtype (see the module doc for the two paths) and returned in ``x``'s."""
     out_features, in_features = weight.shape
     rows = x.reshape(-1, in_features).to(scale.dtype)
+    if scale.dtype == torch.bfloat16 and weight.is_contiguous() and matvec.runs_here(rows):
+        return (
+            matvec.int8_matvec(rows, weight, scale).to(x.dtype).reshape(*x.shape[:-1], out_features)
+        )
     kernel = rows.shape[0] <= KERNEL_MAX_ROWS and x.device.type in KERNEL_DEVICES
     if kernel and in_features % KERNEL_IN_FEATURES_MULTIPLE == 0:
         out = torch._weight_int8pack_mm(rows.contiguous(), weight.contiguous(), scale)

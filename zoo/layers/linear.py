@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.layers import matvec
+
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -18,16 +20,20 @@ def threaded_linear(
     In float32, MKL multiplies a single row by a matrix on one thread, and one decoded token is
     nothing but such products; the row goes as a bmm over one block of ``weight``'s rows per
     thread (``python -m zoo.bench ablations`` times decode steps against ``F.linear``). In
-    bfloat16 or float16 with a row-major weight it goes to ``torch.mv``, torch's reduced-precision
-    matrix-vector kernel, which streams the weight two to three times faster than ``F.linear``'s
-    oneDNN path for one row (see :func:`input_dim_contiguous`). Any other input, or a weight whose
-    rows do not split evenly into views (neither row- nor column-major), goes to ``F.linear``.
+    bfloat16 or float16 with a row-major weight it goes to a matrix-vector kernel, which streams
+    the weight two to three times faster than ``F.linear``'s oneDNN path for one row (see
+    :func:`input_dim_contiguous`): the zoo's in bfloat16 where it runs (:mod:`zoo.layers.matvec`),
+    else ``torch.mv``. Any other input, or a weight whose rows do not split evenly into views
+    (neither row- nor column-major), goes to ``F.linear``.
     """
     out_features, in_features = weight.shape
     if x.device.type != "cpu" or x.numel() != in_features:
         return F.linear(x, weight, bias)
     if weight.dtype in REDUCED_PRECISION and x.dtype == weight.dtype and weight.is_contiguous():
-        out = torch.mv(weight, x.reshape(in_features)).reshape(*x.shape[:-1], out_features)
+        if weight.dtype == torch.bfloat16 and matvec.runs_here(x):
+            out = matvec.bf16_matvec(x, weight)
+        else:
+            out = torch.mv(weight, x.reshape(in_features)).reshape(*x.shape[:-1], out_features)
         return out if bias is None else out + bias
     parts = torch.get_num_threads()
     splits = parts > 1 and out_features % parts == 0

@@ -10,8 +10,11 @@ one buffer is all backward keeps; backward forms the softmax gradient in place t
 column factors get their gradients as sums of the score gradient, so the bias needs none.
 Fresh buffers of that size cost as much to fault in as to fill, hence the in-place steps.
 
-Inference needs no gradient, so :func:`relpos_sdpa` hands SDPA one block of query rows at a
-time with its block of the bias (encoding a 1024 view: peak 173 MiB instead of 876).
+Inference needs no gradient. In float32 :func:`relpos_sdpa` hands SDPA one block of query rows
+at a time with its block of the bias (encoding a 1024 view: peak 173 MiB instead of 876). In
+bfloat16 and float16 :func:`folded_relpos_sdpa` folds the bias into the dot product instead, so
+SDPA runs without a mask: 1.2-2x faster on SAM-B's blocks here, and the bias is summed in SDPA's
+float32 accumulator rather than rounded to 8 bits first.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.layers.attention import sdpa_attention
+from zoo.layers.linear import REDUCED_PRECISION
 
 
 def relative_position_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
@@ -120,6 +124,53 @@ def relpos_sdpa(
     return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
 
 
+# Head width of the folded product, padded to a multiple of this: SDPA's CPU kernel ran the
+# 92-wide heads of 14 x 14 windows 1.3x faster padded to 96 (multiples of 32 and 64 were slower
+# on 48 x 48 grids).
+FOLDED_HEAD_MULTIPLE = 16
+
+
+def folded_relpos_sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    by_row: torch.Tensor,
+    by_col: torch.Tensor,
+) -> torch.Tensor:
+    """The same attention as :func:`relpos_sdpa` as one unmasked SDPA over wider heads.
+
+    The bias of query ``i`` for key ``(ky, kx)`` is ``by_row[i, ky] + by_col[i, kx]``: a dot
+    product of ``[by_row[i], by_col[i]]`` with the key's one-hot row and column. Appending those
+    to the (pre-scaled) query and key makes ``q' . k'`` the biased score; the value is
+    zero-padded to the same width (SDPA's fast kernels want one width) and the padding cut off.
+    """
+    count, heads, length, dim = query.shape
+    height, width = by_row.shape[-1], by_col.shape[-1]
+    padding = -(dim + height + width) % FOLDED_HEAD_MULTIPLE
+    query = torch.cat(
+        (
+            query * dim**-0.5,
+            by_row.flatten(2, 3),
+            by_col.flatten(2, 3),
+            query.new_zeros(count, heads, length, padding),
+        ),
+        dim=-1,
+    )
+    key_row = torch.arange(height, device=key.device).repeat_interleave(width)
+    key_col = torch.arange(width, device=key.device).repeat(height)
+    selectors = torch.cat(
+        (
+            F.one_hot(key_row, height),
+            F.one_hot(key_col, width),
+            key_row.new_zeros(length, padding),
+        ),
+        dim=-1,
+    ).to(key.dtype)
+    key = torch.cat((key, selectors.expand(count, heads, length, -1)), dim=-1)
+    value = F.pad(value, (0, query.shape[-1] - dim))
+    return sdpa_attention(query, key, value, None, scale=1.0)[..., :dim]
+
+
 def relpos_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -132,11 +183,14 @@ def relpos_attention(
     ``(qh, qw)`` for key ``(kh, kw)`` gets ``q . Rh[qh - kh] + q . Rw[qw - kw]`` added.
 
     On CUDA the whole bias goes to SDPA as an additive mask; on CPU the two factors go to
-    :class:`DecomposedRelPosAttention` in training, and to SDPA block by block in inference
-    (:func:`relpos_sdpa`), which spares memory.
+    :class:`DecomposedRelPosAttention` in training, and in inference to SDPA folded into the
+    heads in reduced precision (:func:`folded_relpos_sdpa`) or block by block in float32
+    (:func:`relpos_sdpa`); both spare the ``[L, L]`` bias.
     """
     by_row, by_col = relative_position_factors(query, rel_pos_h, rel_pos_w, *grid)
     if query.device.type == "cpu" and by_row.requires_grad:
         return DecomposedRelPosAttention.apply(query, key, value, by_row, by_col)
+    if query.device.type == "cpu" and query.dtype in REDUCED_PRECISION:
+        return folded_relpos_sdpa(query, key, value, by_row, by_col)
     blocks = BIAS_BLOCK_BYTES if query.device.type == "cpu" else None
     return relpos_sdpa(query, key, value, by_row, by_col, blocks)

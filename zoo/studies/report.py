@@ -20,8 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from zoo.io.atomic import write_text_atomic  # noqa: E402
 from zoo.studies.grid import Grid  # noqa: E402
-from zoo.studies.runner import HELDOUT_RECORD  # noqa: E402
 from zoo.studies.statistics import Interval, PairedTest, mean_interval, paired_tests  # noqa: E402
+
+# the held-out folder's description, beside the run records (the runner writes it)
+HELDOUT_RECORD = "heldout.json"
 
 # (record field, column title): the table's scores, edit distances lower is better
 SCORES = (

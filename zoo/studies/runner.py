@@ -31,10 +31,10 @@ from zoo.eval.provenance import zoo_provenance
 from zoo.io.atomic import write_text_atomic
 from zoo.model.config import to_plain
 from zoo.studies.grid import Grid, Intervention, System
+from zoo.studies.report import HELDOUT_RECORD
 
 log = logging.getLogger(__name__)
 
-HELDOUT_RECORD = "heldout.json"
 # what a record keeps of a run's final validation (teacher-forced on the held-out pages)
 VALIDATION_KEYS = ("val/loss", "val/image_reliance", "val/attention_on_image", "val/text_edit")
 PAGE_KEYS = ("text_edit", "reading_order_edit")

@@ -1,0 +1,247 @@
+// One row times weight matrices on x86 CPUs with AVX-512 BF16: the products a decode step is
+// made of (zoo/layers/matvec.py builds, loads and dispatches to these; the why is there).
+//
+//   matvec_int8(weight [O, I] int8, scale [O] bf16, x [I] bf16) -> [O] bf16
+//       (weight . x) in float32, times scale, rounded once: what torch._weight_int8pack_mm does
+//   moe_experts(x [H] bf16, gate_up [E, 2M, H], gate_up_scale [E, 2M] or None,
+//               down [E, H, M], down_scale [E, H] or None, expert_ids [k], weights [k] f32)
+//       -> [H] bf16: sum over the k chosen experts of weight * down(silu(gate) * up), the
+//       SwiGLU experts of a mixture-of-experts layer (bf16 stacks, or int8 ones with scales),
+//       rounded to bf16 at the steps where the eager layer rounds.
+//
+// Four rows go together so that each load of x serves four weight rows; rows are split among
+// torch's threads; the inner dimension is read in whole vectors, its tail under a mask.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <optional>
+#include <vector>
+
+namespace {
+
+using c10::BFloat16;
+
+constexpr int64_t kRowsTogether = 4;
+// Row groups per task: at least this many bytes of weight, so small matrices are not split
+// into tasks that cost more to hand out than to run.
+constexpr int64_t kMinTaskBytes = 64 * 1024;
+// Each row is prefetched this many bytes ahead of its reads: the hardware prefetchers alone
+// track too few of the rows' streams (int8 rows were read at 12 GB/s without, 17 with).
+constexpr int64_t kPrefetchBytes = 2048;
+
+void prefetch(const void* p) {
+  _mm_prefetch(static_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
+}
+
+// Calls dot(first_row, count, sums) for groups of up to four rows, split among threads, and
+// writes sums[r] (float32) of row first_row + r to out.
+template <typename Dot>
+void for_row_groups(int64_t rows, int64_t row_bytes, float* out, const Dot& dot) {
+  const int64_t groups = (rows + kRowsTogether - 1) / kRowsTogether;
+  const int64_t grain = std::max<int64_t>(1, kMinTaskBytes / (kRowsTogether * row_bytes));
+  at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t first = g * kRowsTogether;
+      dot(first, std::min(kRowsTogether, rows - first), out + first);
+    }
+  });
+}
+
+// out[o] = weight[o] . x for a row-major bf16 [rows, width] weight and a bf16 x.
+void rows_times_bf16(const BFloat16* weight, int64_t rows, int64_t width, const BFloat16* x,
+                     float* out) {
+  const int64_t full = width / 32 * 32;
+  const __mmask32 tail = (__mmask32)((1ull << (width - full)) - 1);
+  const auto load = [](const BFloat16* p, __mmask32 mask) {
+    return (__m512bh)_mm512_maskz_loadu_epi16(mask, p);
+  };
+  for_row_groups(rows, width * 2, out, [&](int64_t first, int64_t count, float* sums) {
+    __m512 acc[kRowsTogether];
+    const BFloat16* row[kRowsTogether];
+    for (int64_t r = 0; r < kRowsTogether; ++r) {
+      acc[r] = _mm512_setzero_ps();
+      row[r] = weight + (first + std::min(r, count - 1)) * width;
+    }
+    for (int64_t i = 0; i < full; i += 32) {  // 32 elements: one cache line of each row
+      const __m512bh xs = load(x + i, ~(__mmask32)0);
+      for (int64_t r = 0; r < kRowsTogether; ++r) {
+        prefetch(row[r] + i);
+        acc[r] = _mm512_dpbf16_ps(acc[r], load(row[r] + i, ~(__mmask32)0), xs);
+      }
+    }
+    if (tail) {
+      const __m512bh xs = load(x + full, tail);
+      for (int64_t r = 0; r < kRowsTogether; ++r) {
+        acc[r] = _mm512_dpbf16_ps(acc[r], load(row[r] + full, tail), xs);
+      }
+    }
+    for (int64_t r = 0; r < count; ++r) sums[r] = _mm512_reduce_add_ps(acc[r]);
+  });
+}
+
+// out[o] = (weight[o] . x) * scale[o] for a row-major int8 [rows, width] weight and a float32
+// x zero-padded to a multiple of 16 elements.
+void rows_times_int8(const int8_t* weight, const BFloat16* scale, int64_t rows, int64_t width,
+                     const float* x, float* out) {
+  const int64_t lines = width / 64 * 64, full = width / 16 * 16;
+  const __mmask16 tail = (__mmask16)((1u << (width - full)) - 1);
+  for_row_groups(rows, width, out, [&](int64_t first, int64_t count, float* sums) {
+    __m512 acc[kRowsTogether];
+    const int8_t* row[kRowsTogether];
+    for (int64_t r = 0; r < kRowsTogether; ++r) {
+      acc[r] = _mm512_setzero_ps();
+      row[r] = weight + (first + std::min(r, count - 1)) * width;
+    }
+    const auto step = [&](int64_t i, __mmask16 mask) {  // 16 elements of each row
+      const __m512 xs = _mm512_loadu_ps(x + i);
+      for (int64_t r = 0; r < kRowsTogether; ++r) {
+        const __m128i bytes = _mm_maskz_loadu_epi8(mask, row[r] + i);
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), xs, acc[r]);
+      }
+    };
+    for (int64_t i = 0; i < lines; i += 64) {  // one cache line of each row
+      for (int64_t r = 0; r < kRowsTogether; ++r) prefetch(row[r] + i);
+      step(i, 0xFFFF), step(i + 16, 0xFFFF), step(i + 32, 0xFFFF), step(i + 48, 0xFFFF);
+    }
+    for (int64_t i = lines; i < full; i += 16) step(i, 0xFFFF);
+    if (tail) step(full, tail);
+    for (int64_t r = 0; r < count; ++r) {
+      sums[r] = _mm512_reduce_add_ps(acc[r]) * float(scale[first + r]);
+    }
+  });
+}
+
+// A weight matrix of a stack (one expert's) or a lone one: bf16, or int8 with its scales.
+struct Weight {
+  const void* data;
+  const BFloat16* scale;  // null for bf16
+  int64_t rows, width;
+};
+
+Weight expert(const at::Tensor& stack, const std::optional<at::Tensor>& scale, int64_t e) {
+  const int64_t rows = stack.size(1), width = stack.size(2);
+  const char* base = static_cast<const char*>(stack.data_ptr());
+  return {base + e * rows * width * stack.element_size(),
+          scale ? scale->data_ptr<BFloat16>() + e * rows : nullptr, rows, width};
+}
+
+// out = weight . x in float32 (scaled for int8); x is bf16 of weight.width elements.
+void rows_times(const Weight& weight, const BFloat16* x, std::vector<float>& x32, float* out) {
+  if (!weight.scale) {
+    rows_times_bf16(static_cast<const BFloat16*>(weight.data), weight.rows, weight.width, x,
+                    out);
+    return;
+  }
+  x32.assign((weight.width + 15) / 16 * 16, 0.0f);
+  for (int64_t i = 0; i < weight.width; ++i) x32[i] = float(x[i]);
+  rows_times_int8(static_cast<const int8_t*>(weight.data), weight.scale, weight.rows,
+                  weight.width, x32.data(), out);
+}
+
+void check_vector(const at::Tensor& t, at::ScalarType type, int64_t size, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.is_contiguous() &&
+                  t.scalar_type() == type && t.size(0) == size,
+              name, ": expected a contiguous CPU ", type, " vector of ", size,
+              " elements, got ", t.scalar_type(), " of shape ", t.sizes());
+}
+
+void check_matrices(const at::Tensor& w, const std::optional<at::Tensor>& scale, int64_t dims,
+                    const char* name) {
+  const bool int8 = scale.has_value();
+  TORCH_CHECK(w.device().is_cpu() && w.dim() == dims && w.is_contiguous() &&
+                  w.scalar_type() == (int8 ? at::kChar : at::kBFloat16),
+              name, ": expected a contiguous CPU ", (int8 ? "int8" : "bfloat16"), " tensor of ",
+              dims, " dimensions, got ", w.scalar_type(), " of shape ", w.sizes());
+  if (int8) {
+    TORCH_CHECK(scale->is_contiguous() && scale->scalar_type() == at::kBFloat16 &&
+                    scale->sizes() == w.sizes().slice(0, dims - 1),
+                name, ": its scale must be a contiguous bfloat16 tensor of shape ",
+                w.sizes().slice(0, dims - 1), ", got ", scale->sizes());
+  }
+}
+
+at::Tensor matvec_int8(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& x) {
+  check_matrices(weight, scale, 2, "matvec_int8 weight");
+  check_vector(x, at::kBFloat16, weight.size(1), "matvec_int8 x");
+  std::vector<float> sums(weight.size(0)), x32;
+  rows_times(expert(weight.unsqueeze(0), scale.unsqueeze(0), 0), x.data_ptr<BFloat16>(), x32,
+             sums.data());
+  at::Tensor out = at::empty({weight.size(0)}, x.options());
+  BFloat16* y = out.data_ptr<BFloat16>();
+  for (int64_t o = 0; o < weight.size(0); ++o) y[o] = BFloat16(sums[o]);
+  return out;
+}
+
+at::Tensor matvec_bf16(const at::Tensor& weight, const at::Tensor& x) {
+  check_matrices(weight, std::nullopt, 2, "matvec_bf16 weight");
+  check_vector(x, at::kBFloat16, weight.size(1), "matvec_bf16 x");
+  std::vector<float> sums(weight.size(0)), x32;
+  rows_times(expert(weight.unsqueeze(0), std::nullopt, 0), x.data_ptr<BFloat16>(), x32,
+             sums.data());
+  at::Tensor out = at::empty({weight.size(0)}, x.options());
+  BFloat16* y = out.data_ptr<BFloat16>();
+  for (int64_t o = 0; o < weight.size(0); ++o) y[o] = BFloat16(sums[o]);
+  return out;
+}
+
+at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& gate_up,
+                       const std::optional<at::Tensor>& gate_up_scale, const at::Tensor& down,
+                       const std::optional<at::Tensor>& down_scale,
+                       const at::Tensor& expert_ids, const at::Tensor& weights) {
+  check_matrices(gate_up, gate_up_scale, 3, "moe_experts gate_up");
+  check_matrices(down, down_scale, 3, "moe_experts down");
+  const int64_t experts = gate_up.size(0), inner = gate_up.size(1) / 2, width = gate_up.size(2);
+  TORCH_CHECK(gate_up.size(1) == 2 * inner && down.size(0) == experts &&
+                  down.size(1) == width && down.size(2) == inner &&
+                  gate_up_scale.has_value() == down_scale.has_value(),
+              "moe_experts: gate_up ", gate_up.sizes(), " and down ", down.sizes(),
+              " are not the stacks of one layer's experts");
+  check_vector(x, at::kBFloat16, width, "moe_experts x");
+  check_vector(expert_ids, at::kLong, expert_ids.numel(), "moe_experts expert_ids");
+  check_vector(weights, at::kFloat, expert_ids.numel(), "moe_experts weights");
+  const int64_t* ids = expert_ids.data_ptr<int64_t>();
+  const float* mix = weights.data_ptr<float>();
+  // the eager layer adds the experts' outputs in ascending expert order
+  std::vector<int64_t> order(expert_ids.numel());
+  for (int64_t k = 0; k < expert_ids.numel(); ++k) {
+    TORCH_CHECK(ids[k] >= 0 && ids[k] < experts, "moe_experts: expert id ", ids[k],
+                " outside 0..", experts - 1);
+    order[k] = k;
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
+  std::vector<float> projected(2 * inner), expert_out(width), mixed(width, 0.0f), x32;
+  std::vector<BFloat16> hidden(inner);
+  for (const int64_t k : order) {
+    rows_times(expert(gate_up, gate_up_scale, ids[k]), x.data_ptr<BFloat16>(), x32,
+               projected.data());
+    for (int64_t j = 0; j < inner; ++j) {
+      const float gate = float(BFloat16(projected[j])), up = float(BFloat16(projected[inner + j]));
+      const float activated = float(BFloat16(gate / (1.0f + std::exp(-gate))));
+      hidden[j] = BFloat16(activated * up);
+    }
+    rows_times(expert(down, down_scale, ids[k]), hidden.data(), x32, expert_out.data());
+    for (int64_t h = 0; h < width; ++h) mixed[h] += float(BFloat16(expert_out[h])) * mix[k];
+  }
+  at::Tensor out = at::empty({width}, x.options());
+  BFloat16* y = out.data_ptr<BFloat16>();
+  for (int64_t h = 0; h < width; ++h) y[h] = BFloat16(mixed[h]);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(zoo_matvec, m) {
+  m.def("matvec_int8(Tensor weight, Tensor scale, Tensor x) -> Tensor", &matvec_int8);
+  m.def("matvec_bf16(Tensor weight, Tensor x) -> Tensor", &matvec_bf16);
+  m.def(
+      "moe_experts(Tensor x, Tensor gate_up, Tensor? gate_up_scale, Tensor down, "
+      "Tensor? down_scale, Tensor expert_ids, Tensor weights) -> Tensor",
+      &moe_experts);
+}
