@@ -55,13 +55,12 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = pixel_values.shape
         size = self.proj.kernel_size[0]
-        if height % size or width % size:
-            raise ValueError(
-                f"pixel_values of {height}x{width} do not split into {size}x{size} patches"
-            )
-        patches = pixel_values.reshape(batch, channels, height // size, size, width // size, size)
+        batch, channels = pixel_values.shape[:2]
+        rows, cols = pixel_values.shape[2] // size, pixel_values.shape[3] // size
+        # a remainder of fewer than `size` pixels is dropped, as the strided convolution drops it
+        pixels = pixel_values[..., : rows * size, : cols * size]
+        patches = pixels.reshape(batch, channels, rows, size, cols, size)
         patches = patches.permute(0, 2, 4, 1, 3, 5).flatten(3)
         return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
 

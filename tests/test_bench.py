@@ -86,6 +86,29 @@ def test_fullsize_runs_each_side_in_its_own_process_from_one_released_folder(tmp
     assert len(sides["zoo"]["tokens"]) == suite["page_tokens"] == 8
     assert suite["same_tokens_zoo_vs_transformers"] > 0.5
     assert suite["omnidocbench_v15_hours_at_this_rate"]["zoo"] > 0
+    assert suite["rounds"] == 1 and suite["later_rounds"]["zoo"] == []
+
+
+def test_fullsize_pools_its_rounds_side_by_side():
+    """Each round's decode time is its whole page less its own median page; pages, loads and
+    peaks pool over the rounds."""
+    from zoo.bench.fullsize import side_stats
+
+    def result(pages, whole, load, rss_gib):
+        return {
+            "page_s": pages,
+            "whole_page_s": whole,
+            "load_s": load,
+            "peak_rss": rss_gib * 2**30,
+            "page_tokens": 5,
+        }
+
+    stats = side_stats([result([2.0, 4.0, 3.0], 11.0, 1.0, 4.0), result([5.0], 9.0, 3.0, 6.0)])
+    decode = stats["decode"]  # (11 - 3) / 4 and (9 - 5) / 4 s per token
+    assert (decode.min, decode.max, decode.runs, decode.unit) == (1000.0, 2000.0, 2, "ms/token")
+    assert (stats["page"].median, stats["page"].runs) == (3.5, 4)
+    assert (stats["whole"].min, stats["whole"].max) == (9.0, 11.0)
+    assert stats["load"].median == 2.0 and (stats["rss"].min, stats["rss"].max) == (4.0, 6.0)
 
 
 def test_targets_and_table():

@@ -121,3 +121,29 @@ def test_query_ratio_experiments_lay_out_the_scaled_token_counts(experiment, rat
     assert model.encoder.num_tokens(768) == 144 * ratio
     assert model.num_image_tokens(700, 700) == 256 * ratio + 1  # no crops up to 768 px
     assert model.num_image_tokens(1536, 768) == 256 * ratio + 2 * 144 * ratio + 1
+
+
+def test_cpu_inference_encodes_views_one_at_a_time_with_the_batch_results(tiny_v2, monkeypatch):
+    """Without gradients on a CPU each view goes through the encoder alone, with what the
+    batch gives; with gradients, or with an intervention attached (which may mix the batch's
+    views; stood in for by the attribute), the batch goes whole."""
+    model, _ = tiny_v2
+    page = model.preprocess([Image.new("RGB", (300, 200), "white")])
+    views = torch.randn(3, *page.global_views.shape[1:], generator=torch.Generator().manual_seed(0))
+    batch_sizes = []
+    hook = model.encoder.register_forward_pre_hook(
+        lambda module, args: batch_sizes.append(args[0].shape[0])
+    )
+    with torch.no_grad():
+        one_by_one = model.encode_views(views)
+    assert batch_sizes == [1, 1, 1]
+    batch_sizes.clear()
+    whole = model.encode_views(views)
+    assert batch_sizes == [3]
+    torch.testing.assert_close(one_by_one, whole.detach(), rtol=1e-5, atol=1e-5)
+    batch_sizes.clear()
+    monkeypatch.setattr(model.encoder, "intervention", None, raising=False)
+    with torch.no_grad():
+        model.encode_views(views)
+    assert batch_sizes == [3]
+    hook.remove()

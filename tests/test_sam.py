@@ -17,6 +17,7 @@ from transformers.models.deepseek_ocr2.configuration_deepseek_ocr2 import (
 from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import DeepseekOcr2SamVisionEncoder
 
 from encoders.sam import (
+    PatchEmbed,
     SamAttention,
     SamViTB,
     merge_windows,
@@ -271,3 +272,14 @@ def test_bfloat16_inference_folds_the_bias_and_is_closer_to_float64():
         masked_error = (whole_bias_attention(attention, x.bfloat16()).double() - exact).abs().max()
     assert folded_error < masked_error
     assert folded_error < 0.05 * exact.abs().max()
+
+
+@pytest.mark.parametrize("view", [(64, 48), (70, 53)], ids=["whole patches", "remainder"])
+def test_patch_embedding_is_the_strided_convolution(view):
+    """The linear over flattened patches gives the checkpoint's stride-16 convolution, channels
+    last, and drops a remainder of fewer than 16 pixels as the convolution does."""
+    embed = PatchEmbed(16, 32)
+    pixels = torch.randn(2, 3, *view, dtype=torch.float64)
+    embed.double()
+    expected = embed.proj(pixels).permute(0, 2, 3, 1)
+    torch.testing.assert_close(embed(pixels), expected, rtol=1e-12, atol=1e-12)

@@ -140,6 +140,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="fullsize: keep the released-layout folder here (reused when it holds the model)",
     )
     parser.add_argument(
+        "--fullsize-rounds",
+        type=int,
+        default=2,
+        help="fullsize: run the sides in turn this many times (1 in a --quick run)",
+    )
+    parser.add_argument(
         "--page-tokens", type=int, default=512, help="fullsize: new tokens of the whole page"
     )
     parser.add_argument(
@@ -155,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         decoder_layers=args.decoder_layers,
         fullsize_model=args.fullsize_model,
         fullsize_folder=args.fullsize_folder,
+        fullsize_rounds=1 if args.quick else args.fullsize_rounds,
         page_tokens=args.page_tokens,
     )
     set_threads(ctx.threads)

@@ -31,7 +31,8 @@ class BenchContext:
     encoders and a real-width decoder cut to ``decoder_layers`` layers, ``medium`` real widths
     at reduced depth (training step), ``eval`` a tiny encoder with the ``main`` decoder (the
     batched-generation throughput). ``fullsize_*`` and ``page_tokens`` set the ``fullsize``
-    suite (:mod:`zoo.bench.fullsize`).
+    suite (:mod:`zoo.bench.fullsize`); ``fullsize_rounds`` is how many times it runs its sides
+    in turn.
     """
 
     repeats: int = 5
@@ -41,6 +42,7 @@ class BenchContext:
     decoder_layers: int = 3
     fullsize_model: str = "full"
     fullsize_folder: Path | None = None
+    fullsize_rounds: int = 2
     page_tokens: int = 512
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     _pairs: dict[str, tuple[OCRModel, DeepseekOcr2ForConditionalGeneration]] = field(
