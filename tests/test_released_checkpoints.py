@@ -62,9 +62,8 @@ def compare(model, reference, sizes, text_tokens=5):
     pixels = transformers_pixels(images)
     with torch.no_grad():
         ours = model(ids, images, mask).logits
-        theirs = reference(input_ids=ids, attention_mask=mask, **pixels).logits
+        theirs, reference_vision = reference_forward(reference, ids, mask, pixels)
         vision = torch.cat(model.encode(images))
-        reference_vision = reference_image_embeddings(reference, ids, mask, pixels)
     real = mask.bool()
     return (
         (vision - reference_vision).abs().max().item(),
@@ -72,8 +71,9 @@ def compare(model, reference, sizes, text_tokens=5):
     )
 
 
-def reference_image_embeddings(reference, ids, mask, pixels):
-    """transformers' input embeddings at the image placeholder positions."""
+def reference_forward(reference, ids, mask, pixels):
+    """transformers' logits and its input embeddings at the image placeholder positions, from
+    one forward."""
     captured = {}
 
     def keep(_module, args, kwargs):
@@ -81,10 +81,10 @@ def reference_image_embeddings(reference, ids, mask, pixels):
 
     handle = reference.model.language_model.register_forward_pre_hook(keep, with_kwargs=True)
     try:
-        reference(input_ids=ids, attention_mask=mask, **pixels)
+        logits = reference(input_ids=ids, attention_mask=mask, **pixels).logits
     finally:
         handle.remove()
-    return captured["embeds"][ids == reference.config.image_token_id]
+    return logits, captured["embeds"][ids == reference.config.image_token_id]
 
 
 @pytest.fixture(scope="module")
