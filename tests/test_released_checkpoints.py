@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import DeepseekOcr2ForConditionalGeneration
+from transformers.initialization import no_init_weights
 
 import zoo
 from tests.conftest import compose_train
@@ -18,6 +19,7 @@ from zoo.bench.models import (
     TINY_DECODER,
     TINY_ENCODER,
     ModelSize,
+    build_config,
     build_zoo_model,
     prompts,
     random_pages,
@@ -45,10 +47,11 @@ PAGES = {
 
 def transformers_folder(tmp_path, size: ModelSize, seed: int = 0):
     """A folder written by transformers' own DeepseekOcr2 (random weights of a visible scale)."""
-    shape_donor = build_zoo_model(size, seed)
+    with torch.device("meta"):  # only its config is read: no weights to initialise
+        shape_donor = build_model(build_config(size))
     config = transformers_config(shape_donor.build_config, shape_donor.image_token_id)
-    torch.manual_seed(seed)
-    reference = DeepseekOcr2ForConditionalGeneration(config)
+    with no_init_weights():  # randomize_ sets every parameter
+        reference = DeepseekOcr2ForConditionalGeneration(config)
     randomize_(reference, seed + 1)
     folder = tmp_path / "transformers"
     reference.save_pretrained(folder)
@@ -61,9 +64,14 @@ def compare(model, reference, sizes, text_tokens=5):
     ids, mask = prompts(model, images, [text_tokens] * len(sizes))
     pixels = transformers_pixels(images)
     with torch.no_grad():
-        ours = model(ids, images, mask).logits
-        theirs, reference_vision = reference_forward(reference, ids, mask, pixels)
-        vision = torch.cat(model.encode(images))
+        ours, vision = forward_with_image_embeddings(
+            model.decoder, lambda: model(ids, images, mask), ids == model.image_token_id
+        )
+        theirs, reference_vision = forward_with_image_embeddings(
+            reference.model.language_model,
+            lambda: reference(input_ids=ids, attention_mask=mask, **pixels),
+            ids == reference.config.image_token_id,
+        )
     real = mask.bool()
     return (
         (vision - reference_vision).abs().max().item(),
@@ -71,20 +79,20 @@ def compare(model, reference, sizes, text_tokens=5):
     )
 
 
-def reference_forward(reference, ids, mask, pixels):
-    """transformers' logits and its input embeddings at the image placeholder positions, from
-    one forward."""
+def forward_with_image_embeddings(language_model, forward, placeholders):
+    """The logits of ``forward()`` and, from the same forward, the input embeddings its
+    ``language_model`` got at the image placeholder positions (the vision side's output)."""
     captured = {}
 
     def keep(_module, args, kwargs):
-        captured["embeds"] = kwargs["inputs_embeds"]
+        captured["embeds"] = kwargs.get("inputs_embeds", args[0] if args else None)
 
-    handle = reference.model.language_model.register_forward_pre_hook(keep, with_kwargs=True)
+    handle = language_model.register_forward_pre_hook(keep, with_kwargs=True)
     try:
-        logits = reference(input_ids=ids, attention_mask=mask, **pixels).logits
+        logits = forward().logits
     finally:
         handle.remove()
-    return logits, captured["embeds"][ids == reference.config.image_token_id]
+    return logits, captured["embeds"][placeholders]
 
 
 @pytest.fixture(scope="module")
