@@ -189,35 +189,26 @@ void check_matrices(const at::Tensor& w, const std::optional<at::Tensor>& scale,
   }
 }
 
-// Products of one x with several weights, in one parallel region, as bf16 vectors.
-std::vector<at::Tensor> products_of(const std::vector<Weight>& weights, const at::Tensor& x) {
-  std::vector<std::vector<float>> sums;
-  std::vector<Product> products;
-  for (const Weight& weight : weights) sums.emplace_back(weight.rows);
-  for (size_t p = 0; p < weights.size(); ++p) {
-    products.push_back({weights[p], x.data_ptr<BFloat16>(), sums[p].data()});
-  }
-  run_products(products);
-  std::vector<at::Tensor> outs;
-  for (size_t p = 0; p < weights.size(); ++p) {
-    at::Tensor out = at::empty({weights[p].rows}, x.options());
-    BFloat16* y = out.data_ptr<BFloat16>();
-    for (int64_t o = 0; o < weights[p].rows; ++o) y[o] = BFloat16(sums[p][o]);
-    outs.push_back(out);
-  }
-  return outs;
+// weight . x as a bf16 vector, rounded once.
+at::Tensor matvec(const Weight& weight, const at::Tensor& x) {
+  std::vector<float> sums(weight.rows);
+  run_products({{weight, x.data_ptr<BFloat16>(), sums.data()}});
+  at::Tensor out = at::empty({weight.rows}, x.options());
+  BFloat16* y = out.data_ptr<BFloat16>();
+  for (int64_t o = 0; o < weight.rows; ++o) y[o] = BFloat16(sums[o]);
+  return out;
 }
 
 at::Tensor matvec_int8(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& x) {
   check_matrices(weight, scale, 2, "matvec_int8 weight");
   check_vector(x, at::kBFloat16, weight.size(1), "matvec_int8 x");
-  return products_of({expert(weight.unsqueeze(0), scale.unsqueeze(0), 0)}, x)[0];
+  return matvec(expert(weight.unsqueeze(0), scale.unsqueeze(0), 0), x);
 }
 
 at::Tensor matvec_bf16(const at::Tensor& weight, const at::Tensor& x) {
   check_matrices(weight, std::nullopt, 2, "matvec_bf16 weight");
   check_vector(x, at::kBFloat16, weight.size(1), "matvec_bf16 x");
-  return products_of({expert(weight.unsqueeze(0), std::nullopt, 0)}, x)[0];
+  return matvec(expert(weight.unsqueeze(0), std::nullopt, 0), x);
 }
 
 at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& gate_up,
