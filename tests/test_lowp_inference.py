@@ -127,6 +127,15 @@ def test_int8_quantisation_error_is_half_a_step(monkeypatch, shape, input_dim):
     assert torch.equal(blocked[0], q) and torch.equal(blocked[1], scale)
 
 
+def test_int8_quantisation_leaves_a_float32_weight_as_it_was():
+    """The working copy is a copy even when the weight is float32 already (quantising a float32
+    model in place used to scale its weights)."""
+    weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    before = weight.clone()
+    quantize_per_channel(weight, -1)
+    assert torch.equal(weight, before)
+
+
 @pytest.mark.parametrize(
     "rows,in_features",
     [(1, 64), (KERNEL_MAX_ROWS + 1, 64), (1, 24)],

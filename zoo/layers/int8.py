@@ -52,7 +52,7 @@ def quantize_per_channel(
     )
     rows = max(1, QUANTIZE_BLOCK_ELEMENTS // max(1, weight[0].numel()))
     for start in range(0, weight.shape[0], rows):
-        block = weight[start : start + rows].detach().float()
+        block = weight[start : start + rows].detach().to(torch.float32, copy=True)
         largest = torch.linalg.vector_norm(block, float("inf"), dim=input_dim, keepdim=True)
         block_scale = largest.div_(127).to(scale_dtype)
         block_scale.masked_fill_(block_scale == 0, 1)
