@@ -21,7 +21,7 @@ from lightning_modules.metrics import (
     TextEditDistance,
     markdown_reading_orders,
 )
-from lightning_modules.optim import parameter_groups, warmup_cosine
+from lightning_modules.optim import is_under, parameter_groups, warmup_cosine
 from zoo.inputs.page_roll import roll_page_images
 from zoo.inputs.processor import (
     IGNORE_INDEX,
@@ -60,7 +60,12 @@ class OCRLightningModule(L.LightningModule):
     ``model_cfg`` is the config ``build_model`` reads. ``freeze`` lists roles the model's
     components declare (e.g. ``vision_tokenizer``, ``projector``; see ``model.roles()``) or
     module / parameter name prefixes (e.g. ``encoder.tokenizer``) whose parameters stay fixed
-    in this stage; they get no gradient and no optimizer state. ``activation_checkpointing``
+    in this stage; they get no gradient and no optimizer state. ``frozen_until`` maps such
+    names to the optimizer step from which they train (e.g. ``{encoder: 1200}``: a random
+    encoder trained beside a decoder that does not yet read it flattens its outputs, so the
+    decoder learns to read it frozen first); before it they take no gradient and no backward
+    pass, and from it their rate warms up again (under DDP this needs
+    ``strategy=ddp_find_unused_parameters_true``). ``activation_checkpointing``
     has each component checkpoint its own blocks (``set_grad_checkpointing``).
     ``aux_loss_weight`` multiplies the decoder's balance loss (already weighted by its
     ``aux_loss_alpha``). The learning rate warms up
@@ -93,6 +98,7 @@ class OCRLightningModule(L.LightningModule):
         warmup_steps: int = 0,
         aux_loss_weight: float = 1.0,
         freeze: list[str] | None = None,
+        frozen_until: Mapping[str, int] | None = None,
         activation_checkpointing: bool = False,
         val_generate_pages: int = 4,
         val_max_new_tokens: int = 128,
@@ -112,6 +118,7 @@ class OCRLightningModule(L.LightningModule):
                 "warmup_steps": warmup_steps,
                 "aux_loss_weight": aux_loss_weight,
                 "freeze": list(freeze or []),
+                "frozen_until": dict(frozen_until or {}),
                 "activation_checkpointing": activation_checkpointing,
                 "val_generate_pages": val_generate_pages,
                 "val_max_new_tokens": val_max_new_tokens,
@@ -124,6 +131,7 @@ class OCRLightningModule(L.LightningModule):
         self.model = build_model(self.hparams.model_cfg, tokenizer=tokenizer)
         self.processor = OCRProcessor(tokenizer, image_mode=self.model.image_mode)
         self.freeze_prefixes(self.hparams.freeze)
+        self.role_paths(list(self.hparams.frozen_until), "frozen_until")  # fail at build
         if activation_checkpointing:
             self.model.set_grad_checkpointing()
         self.expert_load = ExpertLoadMonitor(self.model)
@@ -136,10 +144,10 @@ class OCRLightningModule(L.LightningModule):
         self._last_batch_end: float | None = None
         self._val_pages_generated = 0
 
-    def freeze_prefixes(self, prefixes: list[str]) -> None:
-        """Stop training every parameter of each role or under each module / parameter name
-        prefix of ``prefixes`` (a role names its path, e.g. ``vision_tokenizer`` ->
-        ``encoder.tokenizer``)."""
+    def role_paths(self, prefixes: list[str], setting: str = "freeze") -> list[str]:
+        """The module / parameter paths of ``prefixes``: roles the model's components declare
+        (``vision_tokenizer`` -> ``encoder.tokenizer``) or paths already; an error names any
+        that the model lacks, under the name of the ``setting`` that gave it."""
         roles = self.model.roles()
         names = {name for name, _ in self.model.named_modules()}
         names |= {name for name, _ in self.model.named_parameters()}
@@ -147,12 +155,17 @@ class OCRLightningModule(L.LightningModule):
         if unknown:
             top = sorted({name.split(".")[0] for name in names if name})
             raise ValueError(
-                f"freeze: no role, module or parameter named {unknown} in the model; its roles: "
+                f"{setting}: no role, module or parameter named {unknown} in the model; its roles: "
                 f"{sorted(roles)}; top-level names: {top} (see model.named_modules())"
             )
-        paths = [roles.get(p, p) for p in prefixes]
+        return [roles.get(p, p) for p in prefixes]
+
+    def freeze_prefixes(self, prefixes: list[str]) -> None:
+        """Stop training every parameter of each role or under each module / parameter name
+        prefix of ``prefixes``."""
+        paths = self.role_paths(prefixes)
         for name, param in self.model.named_parameters():
-            if any(name == p or name.startswith(p + ".") for p in paths):
+            if any(is_under(name, p) for p in paths):
                 param.requires_grad_(False)
 
     def configure_model(self) -> None:
@@ -195,6 +208,15 @@ class OCRLightningModule(L.LightningModule):
         for key, value in self.expert_load.summary().items():
             self.log(f"train/expert_load/{key}", value, batch_size=n_pages)
         return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """The ``frozen_until`` groups take no gradient (and no backward pass) before their
+        start step; this also holds after a resume, since it reads the restored step."""
+        for group in self.optimizers().optimizer.param_groups:
+            trainable = self.global_step >= group.get("start_step", 0)  # older checkpoints: 0
+            if group["params"][0].requires_grad != trainable:
+                for param in group["params"]:
+                    param.requires_grad_(trainable)
 
     def on_train_batch_end(self, outputs: Any, batch: Mapping[str, Any], batch_idx: int) -> None:
         """Throughput from the wall time between consecutive batch ends (data loading included)."""
@@ -287,7 +309,9 @@ class OCRLightningModule(L.LightningModule):
                 f"the cosine schedule needs a finite number of optimizer steps, got {total}; "
                 "set trainer.max_steps or trainer.max_epochs"
             )
-        groups = parameter_groups(self.model, hp.weight_decay, hp.encoder_lr_scale)
+        paths = self.role_paths(list(hp.frozen_until), "frozen_until")
+        start_steps = dict(zip(paths, hp.frozen_until.values(), strict=True))
+        groups = parameter_groups(self.model, hp.weight_decay, hp.encoder_lr_scale, start_steps)
         optimizer = torch.optim.AdamW(
             [{**group, "lr": hp.lr * group["lr_scale"]} for group in groups],
             lr=hp.lr,

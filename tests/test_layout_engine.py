@@ -198,6 +198,21 @@ def test_glyph_pages_cover_every_layout_and_are_not_read_in_raster_order() -> No
     assert sum(in_order) < len(multi) / 2
 
 
+@pytest.mark.parametrize("glyph_px", [56, 80, 112])
+def test_no_two_blocks_overlap_even_in_large_type(glyph_px: int) -> None:
+    """Large type crowds the header's title against its page number and the footer's text
+    against the centred number; both are cut to leave a gap (at 112 px they overlapped on one
+    page in five)."""
+    style = {**GLYPH_STYLE, "glyph_px": glyph_px, "header_prob": 1.0, "footer_prob": 1.0}
+    for index in range(60):
+        plan = plan_page(8, index, 512, content="glyph_blocks", **style)
+        boxes = [(b["category_type"], b["poly"]) for b in plan.blocks]
+        for i, (kind, (x0, y0, x1, _, _, y1, _, _)) in enumerate(boxes):
+            for other, (u0, v0, u1, _, _, v1, _, _) in boxes[i + 1 :]:
+                overlap = min(x1, u1) - max(x0, u0) > 0 and min(y1, v1) - max(y0, v0) > 0
+                assert not overlap, (glyph_px, index, kind, other)
+
+
 def test_a_spanning_block_is_read_between_the_columns_above_and_below_it() -> None:
     for index in range(200):
         plan = plan_page(7, index, 512, content="glyph_blocks", **GLYPH_STYLE)

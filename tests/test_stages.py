@@ -4,10 +4,11 @@ the AdamW groups leave norms, biases, embeddings, positions and queries undecaye
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 
-from lightning_modules.optim import parameter_groups
+from lightning_modules.optim import parameter_groups, warmup_cosine
 from tests.conftest import compose_train, config_options
 from tests.test_training import fixed_batch
 from zoo.run_setup import make_module
@@ -156,3 +157,77 @@ def test_the_encoder_can_train_at_a_scaled_learning_rate():
     assert module.hparams.encoder_lr_scale == 0.1
     with pytest.raises(ValueError, match="encoder_lr_scale must be > 0"):
         parameter_groups(module.model, 0.1, encoder_lr_scale=0)
+
+
+def test_frozen_until_puts_a_part_in_groups_that_start_at_its_step():
+    module = make_module(compose_train(["module.frozen_until={vision_tokenizer: 5}"]))
+    groups = parameter_groups(module.model, 0.1, start_steps={"encoder.tokenizer": 5})
+    start_of = {name: g["start_step"] for g in groups for name in g["names"]}
+    assert all(
+        (start == 5) == name.startswith("encoder.tokenizer.") for name, start in start_of.items()
+    )
+    assert {g["weight_decay"] for g in groups if g["start_step"] == 5} == {0.0, 0.1}
+    with pytest.raises(ValueError, match="frozen_until: the steps must be >= 0"):
+        parameter_groups(module.model, 0.1, start_steps={"encoder": -1})
+    with pytest.raises(ValueError, match="frozen_until: no role, module or parameter named"):
+        make_module(compose_train(["module.frozen_until={no_such_part: 5}"]))
+
+
+def test_a_delayed_group_trains_at_zero_then_warms_up_into_the_cosine():
+    weights = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.AdamW(
+        [{"params": [weights[0]], "start_step": 0}, {"params": [weights[1]], "start_step": 4}],
+        lr=1.0,
+    )
+    scheduler = warmup_cosine(optimizer, warmup_steps=2, total_steps=10, min_lr_ratio=0.0)
+    rates = []
+    for _ in range(8):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    plain, delayed = zip(*rates, strict=True)
+    assert plain[:2] == (0.5, 1.0) and plain[2] > plain[5] > 0
+    assert delayed[:4] == (0.0,) * 4
+    assert delayed[4] == pytest.approx(plain[4] / 2) and delayed[5:] == pytest.approx(plain[5:])
+
+
+class EncoderSnapshots(L.Callback):
+    """One weight of the encoder and one of the decoder after every optimizer step, and
+    whether the encoder took part in the backward pass."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self.encoder_had_gradient: list[bool] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        encoder = next(p for p in module.model.encoder.parameters() if p.ndim == 2)
+        decoder = next(p for p in module.model.decoder.parameters() if p.ndim == 2)
+        self.steps.append((trainer.global_step, encoder.detach().clone(), decoder.detach().clone()))
+        self.encoder_had_gradient.append(encoder.requires_grad)
+
+
+def fit_steps(module, batch, max_steps: int, ckpt_path=None) -> tuple[L.Trainer, EncoderSnapshots]:
+    snapshots = EncoderSnapshots()
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[snapshots],
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader([batch] * max_steps, batch_size=None)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    return trainer, snapshots
+
+
+def test_a_part_frozen_until_a_step_trains_from_it_also_after_a_resume(tmp_path):
+    torch.manual_seed(0)
+    cfg = compose_train(["module.frozen_until={encoder: 3}", "module.warmup_steps=0"])
+    batch = fixed_batch(cfg, n_pages=1)
+    trainer, _ = fit_steps(make_module(cfg), batch, max_steps=1)
+    trainer.save_checkpoint(tmp_path / "step1.ckpt")
+    resumed = make_module(cfg)
+    _, snapshots = fit_steps(resumed, batch, max_steps=5, ckpt_path=tmp_path / "step1.ckpt")
+    (s2, enc2, dec2), (s3, enc3, dec3), (s4, enc4, dec4), (s5, enc5, _) = snapshots.steps
+    assert (s2, s3, s4, s5) == (2, 3, 4, 5)
+    assert torch.equal(enc2, enc3) and not torch.equal(dec2, dec3)  # step 3 is still frozen
+    assert not torch.equal(enc3, enc4) and not torch.equal(enc4, enc5)  # from step 3 it trains
+    assert snapshots.encoder_had_gradient == [False, False, True, True]  # no backward before
+    assert all(p.requires_grad for p in resumed.model.encoder.parameters())

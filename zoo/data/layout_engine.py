@@ -325,24 +325,33 @@ class _Planner:
     # --- page furniture ----------------------------------------------------------------------
 
     def header(self, top: float, left: float, right: float) -> float:
+        """A running title on the left and the page number on the right, never touching."""
         font = self.body
-        text = font.fit(self.text.title(self.rng, 2, 5), (right - left) * 0.7)
-        box = self.draw_lines([text], left, top, right - left, font)
-        self.add_block("header", box, ordered=False, text=text)
+        title = self.text.title(self.rng, 2, 5)
         number = str(self.rng.randint(1, 400))
-        box = self.draw_lines([number], right - font.width(number), top, font.width(number), font)
+        number_left = right - font.width(number)
+        room = min((right - left) * 0.7, number_left - font.space * 2 - left)
+        text = font.fit(title, room)
+        if text:
+            box = self.draw_lines([text], left, top, right - left, font)
+            self.add_block("header", box, ordered=False, text=text)
+        box = self.draw_lines([number], number_left, top, font.width(number), font)
         self.add_block("page_number", box, ordered=False, text=number)
         rule = top + font.line_height + self.gap / 2
         self.plan.boxes.append(((left, rule, right, rule + 1), None, self.ink, 1))
         return rule + self.gap
 
     def footer(self, bottom: float, left: float, right: float) -> float:
+        """An optional line of footer text on the left and the page number centred, never
+        touching."""
         font, y = self.body, bottom - self.body.line_height
-        if self.rng.random() < 0.5:
-            text = font.fit(self.text.line(self.rng, 3, 7), (right - left) * 0.4)
+        line = self.text.line(self.rng, 3, 7) if self.rng.random() < 0.5 else ""
+        number = str(self.rng.randint(1, 400))
+        number_left = left + (right - left - font.width(number)) / 2
+        text = font.fit(line, min((right - left) * 0.4, number_left - font.space * 2 - left))
+        if text:
             box = self.draw_lines([text], left, y, right - left, font)
             self.add_block("footer", box, ordered=False, text=text)
-        number = str(self.rng.randint(1, 400))
         box = self.draw_lines([number], left, y, right - left, font, center=True)
         self.add_block("page_number", box, ordered=False, text=number)
         return y - self.gap
