@@ -65,8 +65,11 @@ def test_the_reading_order_grid_is_the_issues_grid_and_every_system_composes() -
         cfg = compose_train(system.train_overrides(READING_ORDER.experiment))
         assert cfg.data.style.content == "glyph_blocks", system.name
         assert cfg.model.image_mode.global_size == 512, system.name
+        assert cfg.module.frozen_until == {"encoder": 600}, system.name  # the staged recipe
     cfg = compose_train(READING_ORDER.systems[4].train_overrides(READING_ORDER.experiment))
     assert cfg.encoder.mask == "bidirectional" and not cfg.encoder.with_queries
+    # the next rung starts from a model that reads: its encoder trains from the first step
+    assert compose_train(["experiment=study_glyph_words"]).module.frozen_until is None
 
 
 def test_selecting_an_intervention_keeps_the_system_it_needs() -> None:
