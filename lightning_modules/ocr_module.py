@@ -131,7 +131,7 @@ class OCRLightningModule(L.LightningModule):
         self.model = build_model(self.hparams.model_cfg, tokenizer=tokenizer)
         self.processor = OCRProcessor(tokenizer, image_mode=self.model.image_mode)
         self.freeze_prefixes(self.hparams.freeze)
-        self.role_paths(list(self.hparams.frozen_until), "frozen_until")  # fail at build
+        self.frozen_until_steps()  # an unknown name fails at build, not at the first step
         if activation_checkpointing:
             self.model.set_grad_checkpointing()
         self.expert_load = ExpertLoadMonitor(self.model)
@@ -159,6 +159,12 @@ class OCRLightningModule(L.LightningModule):
                 f"{sorted(roles)}; top-level names: {top} (see model.named_modules())"
             )
         return [roles.get(p, p) for p in prefixes]
+
+    def frozen_until_steps(self) -> dict[str, int]:
+        """``frozen_until`` with its roles resolved to module paths: path -> first step."""
+        frozen_until = self.hparams.frozen_until
+        paths = self.role_paths(list(frozen_until), "frozen_until")
+        return dict(zip(paths, frozen_until.values(), strict=True))
 
     def freeze_prefixes(self, prefixes: list[str]) -> None:
         """Stop training every parameter of each role or under each module / parameter name
@@ -309,9 +315,9 @@ class OCRLightningModule(L.LightningModule):
                 f"the cosine schedule needs a finite number of optimizer steps, got {total}; "
                 "set trainer.max_steps or trainer.max_epochs"
             )
-        paths = self.role_paths(list(hp.frozen_until), "frozen_until")
-        start_steps = dict(zip(paths, hp.frozen_until.values(), strict=True))
-        groups = parameter_groups(self.model, hp.weight_decay, hp.encoder_lr_scale, start_steps)
+        groups = parameter_groups(
+            self.model, hp.weight_decay, hp.encoder_lr_scale, self.frozen_until_steps()
+        )
         optimizer = torch.optim.AdamW(
             [{**group, "lr": hp.lr * group["lr_scale"]} for group in groups],
             lr=hp.lr,

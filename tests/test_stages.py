@@ -161,7 +161,8 @@ def test_the_encoder_can_train_at_a_scaled_learning_rate():
 
 def test_frozen_until_puts_a_part_in_groups_that_start_at_its_step():
     module = make_module(compose_train(["module.frozen_until={vision_tokenizer: 5}"]))
-    groups = parameter_groups(module.model, 0.1, start_steps={"encoder.tokenizer": 5})
+    assert module.frozen_until_steps() == {"encoder.tokenizer": 5}  # the role's path
+    groups = parameter_groups(module.model, 0.1, start_steps=module.frozen_until_steps())
     start_of = {name: g["start_step"] for g in groups for name in g["names"]}
     assert all(
         (start == 5) == name.startswith("encoder.tokenizer.") for name, start in start_of.items()
