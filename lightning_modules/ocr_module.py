@@ -246,7 +246,8 @@ class OCRLightningModule(L.LightningModule):
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         out = self(batch)
         n_pages = batch["input_ids"].shape[0]
-        self.log("val/loss", out.loss, prog_bar=True, batch_size=n_pages)
+        # the mean over every rank's pages (torchmetrics sync the other validation figures)
+        self.log("val/loss", out.loss, prog_bar=True, batch_size=n_pages, sync_dist=True)
         has_images = batch.get("images") is not None
         if self.hparams.val_image_reliance and has_images and n_pages > 1:
             self._score_image_reliance(batch, out.logits)

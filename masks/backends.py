@@ -53,6 +53,7 @@ def xformers_bias(
 
 
 @lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _xformers_bias(
     spec: MaskSpec, layout: BatchLayout, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:

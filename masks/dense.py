@@ -6,7 +6,9 @@ distinct view is compiled once, block by block of its segment pairs (one broadca
 of the spec per block, no loop over tokens), then placed on the diagonal of its row; padding
 tokens get only their own diagonal cell. Results are cached per (spec, layout, device): an
 encoder that sees the same view size every step compiles its mask once. Cached tensors are
-shared between callers: never modify them in place.
+shared between callers: never modify them in place. They are built outside inference mode even
+when the first call comes from it (a validation before training), or training could not save
+them for backward; every cached mask of this package is built so.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def additive_mask(
 
 
 @lru_cache(maxsize=256)
+@torch.inference_mode(False)
 def view_mask(spec: MaskSpec, view: Layout, device: torch.device) -> torch.Tensor:
     """``[L, L]`` boolean mask of one view; raises if a token of it may attend to nothing
     (a softmax over nothing is NaN)."""
@@ -68,6 +71,7 @@ def view_mask(spec: MaskSpec, view: Layout, device: torch.device) -> torch.Tenso
 
 
 @lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _dense_mask(spec: MaskSpec, layout: BatchLayout, device: torch.device) -> torch.Tensor:
     if layout.batch_size == 1 and len(layout.rows[0]) == 1:
         return view_mask(spec, layout.rows[0][0], device)
@@ -86,6 +90,7 @@ def _dense_mask(spec: MaskSpec, layout: BatchLayout, device: torch.device) -> to
 
 
 @lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _additive_mask(
     spec: MaskSpec, layout: BatchLayout, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:

@@ -37,6 +37,7 @@ def block_mask(
 
 
 @lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _block_mask(spec: MaskSpec, layout: BatchLayout, device: torch.device) -> BlockMask:
     mod = mask_mod(spec, layout, device)
     rows, length = layout.batch_size, layout.length

@@ -81,6 +81,7 @@ def stack(*rows: BatchLayout | SegmentsLike) -> BatchLayout:
 
 
 @lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _token_table(layout: BatchLayout, device: torch.device) -> TokenTable:
     label_ids = {label: i for i, label in enumerate(layout.labels)}
     tables = torch.zeros(3, layout.batch_size, layout.length, dtype=torch.long)

@@ -21,6 +21,7 @@ MaskMod = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tenso
 
 
 @lru_cache(maxsize=128)
+@torch.inference_mode(False)
 def mask_mod(spec: MaskSpec, layout: BatchLayout, device: torch.device) -> MaskMod:
     """flex_attention's ``mask_mod`` for ``spec`` over ``layout`` (True = may attend); ``b``
     indexes the layout's rows, ignored for a one-row layout. Indices broadcast, so one call may

@@ -240,3 +240,21 @@ def test_the_flex_block_mask_is_built_without_a_dense_mask():
     blocks = block_mask(spec, layout).to_dense()  # [1, 1, q blocks, kv blocks]
     assert blocks[0, 0, :16, :16].all() and not blocks[0, 0, :16, 16:].any()  # visual rows
     assert blocks[0, 0, 16:, :16].all() and not blocks[0, 0, 16, 17:].any()  # queries: causal
+
+
+def test_masks_first_built_in_inference_mode_stay_normal_tensors_for_training():
+    """A validation before training compiles, under inference mode, the masks that training
+    then takes from the cache; inference tensors there could not be saved for backward."""
+    spec = create_mask("causal_flow")
+    # shapes no other test compiles, so this test builds them first
+    layout = stack([("visual", 37), ("query", 29)], [("visual", 31), ("query", 29)])
+    with torch.inference_mode():
+        built = [
+            dense_mask(spec, layout),
+            additive_mask(spec, layout),
+            xformers_bias(spec, layout, torch.float32),
+            block_mask(spec, layout).kv_num_blocks,
+        ]
+    assert not any(tensor.is_inference() for tensor in built)
+    scores = torch.zeros(2, 1, 66, 66, requires_grad=True)
+    scores.masked_fill(~dense_mask(spec, layout), -1e4).softmax(-1).sum().backward()

@@ -66,10 +66,35 @@ def test_the_reading_order_grid_is_the_issues_grid_and_every_system_composes() -
         assert cfg.data.style.content == "glyph_blocks", system.name
         assert cfg.model.image_mode.global_size == 512, system.name
         assert cfg.module.frozen_until == {"encoder": 600}, system.name  # the staged recipe
+        assert cfg.data.style.glyph_px == 96 and cfg.data.style.alphabet == "0123456789"
     cfg = compose_train(READING_ORDER.systems[4].train_overrides(READING_ORDER.experiment))
     assert cfg.encoder.mask == "bidirectional" and not cfg.encoder.with_queries
     # the next rung starts from a model that reads: its encoder trains from the first step
     assert compose_train(["experiment=study_glyph_words"]).module.frozen_until is None
+
+
+def test_the_study_rung_puts_one_glyph_in_one_token_and_reads_columns_out_of_raster_order():
+    """The rung's type size is chosen against the encoder's token size (56 px put 1.8 glyphs in
+    one 64 px token and was not read in the budget), and its held-out pages still test reading
+    order: a two-column page is read column after column, not row after row."""
+    from tests.test_layout_engine import raster_order
+    from zoo.data.layout_engine import face, plan_page
+
+    cfg = compose_train(["experiment=study_glyph_blocks", "encoder=causal_flow"])
+    style, view = cfg.data.style, cfg.model.image_mode.global_size
+    token_px = cfg.data.page_size / math.isqrt(cfg.encoder.query_sets[view])
+    advance = face("sans", style.glyph_px).width(style.alphabet) / len(style.alphabet)
+    assert 0.8 <= advance / token_px <= 1.25
+    pages = [
+        plan_page(cfg.data.val_seed, i, cfg.data.page_size, **style)
+        for i in range(cfg.data.num_val)
+    ]
+    two_columns = [p for p in pages if p.attributes["layout"] == "double_column"]
+    assert len(two_columns) > len(pages) / 4
+    out_of_raster = [p for p in two_columns if raster_order(p.blocks) != sorted(
+        b["order"] for b in p.blocks if b["order"] is not None
+    )]  # fmt: skip
+    assert len(out_of_raster) > len(two_columns) / 2
 
 
 def test_selecting_an_intervention_keeps_the_system_it_needs() -> None:
