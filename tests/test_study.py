@@ -103,6 +103,65 @@ def test_selecting_an_intervention_keeps_the_system_it_needs() -> None:
         READING_ORDER.select(["vit_huge"])
 
 
+def _write_records(results, scores: dict[tuple[str, int], dict[str, tuple[float, float]]]) -> None:
+    """Run records as the runner writes them: per page (reading-order edit, text edit)."""
+    for (system, seed), pages in scores.items():
+        record = {
+            "system": system,
+            "seed": seed,
+            "intervention": None,
+            "validation": {"val/image_reliance": 1.0 + seed},
+            "evaluation": {
+                "reading_order_edit": sum(r for r, _ in pages.values()) / len(pages),
+                "text_edit": sum(t for _, t in pages.values()) / len(pages),
+            },
+            "pages": {
+                page: {"reading_order_edit": r, "text_edit": t} for page, (r, t) in pages.items()
+            },
+        }
+        path = results / "runs" / system / f"seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+
+
+def test_report_breaks_both_edit_distances_down_by_layout_over_seeds(tmp_path) -> None:
+    from zoo.studies.report import build_report
+
+    groups = {"a": ["single_column"], "b": ["single_column"], "c": ["double_column"]}
+    heldout = {"seed": 7, "n_pages": 3, "page_size": 512, "style": {}, "page_groups": groups}
+    (tmp_path / "heldout.json").write_text(json.dumps(heldout))
+    _write_records(
+        tmp_path,
+        {
+            ("causal_flow", 0): {"a": (0.0, 0.1), "b": (0.2, 0.3), "c": (0.5, 0.6)},
+            ("causal_flow", 1): {"a": (0.0, 0.1), "b": (0.4, 0.1), "c": (0.3, 0.2)},
+            ("deepencoder", 0): {"a": (0.0, 0.0), "b": (0.0, 0.0), "c": (1.0, 0.4)},
+        },
+    )
+    grid = READING_ORDER.select(["causal_flow", "deepencoder"])
+    summary = build_report(grid, tmp_path)
+
+    flow = summary["systems"]["causal_flow"]
+    # one column: the seeds' means over pages a and b are 0.1 and 0.2 (reading order)
+    one_column = flow["groups"]["reading_order_edit"]["single_column"]
+    assert one_column.mean == pytest.approx(0.15) and one_column.n == 2
+    assert one_column.half_width == pytest.approx(12.7062 * 0.05, rel=1e-4)  # t(0.975, 1 df)
+    assert flow["groups"]["text_edit"]["double_column"].mean == pytest.approx(0.4)
+    assert flow["image_reliance"].mean == pytest.approx(1.5)
+    v1 = summary["systems"]["deepencoder"]["groups"]["text_edit"]["double_column"]
+    assert (v1.mean, v1.n) == (pytest.approx(0.4), 1)
+    # v1 against v2 on the seed-averaged pages (v2: 0.1, 0.2, 0.4 text edit; v1: 0, 0, 0.4)
+    test = summary["tests"]["text_edit"]["deepencoder"]
+    assert test.mean_difference == pytest.approx((-0.1 - 0.2 + 0.0) / 3)
+
+    table = (tmp_path / "table.md").read_text()
+    assert "Reading-order edit per layout type" in table and "Text edit per layout type" in table
+    assert "| 1 column (2) | 2 columns (1) |" in table and "3 columns" not in table
+    assert (tmp_path / "by_layout.png").stat().st_size > 0
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["systems"]["causal_flow"]["seeds"] == [0, 1]
+
+
 @pytest.mark.slow
 def test_study_smoke_run_trains_evaluates_records_resumes_and_reports(tmp_path) -> None:
     from zoo.study import main
@@ -128,7 +187,7 @@ def test_study_smoke_run_trains_evaluates_records_resumes_and_reports(tmp_path) 
         (work / "causal_flow/seed0/eval_intervention_shuffle/metrics.json").read_text()
     )
     assert evaluation["provenance"]["generation"]["intervention"] == {"name": "shuffle", "seed": 0}
-    for name in ("table.md", "summary.json", "scores.png", "reading_order_by_layout.png"):
+    for name in ("table.md", "summary.json", "scores.png", "by_layout.png"):
         assert (results / name).stat().st_size > 0, name
     table = (results / "table.md").read_text()
     assert "`deepencoder`" in table and "baseline" in table and "1 column" in table

@@ -1,5 +1,6 @@
 """A study's results from its run records: the comparison table (mean and 95% interval over
-seeds, per system and per layout type), the paired tests against the baseline, and PNG plots.
+seeds, per system and, for the edit distances, per layout type), the paired tests against the
+baseline, and PNG plots.
 
 Everything here reads only the results folder (``heldout.json`` and ``runs/<system>/seed*.json``),
 so the table is rebuilt, or extended by new runs, without retraining anything.
@@ -31,6 +32,8 @@ SCORES = (
     ("text_edit", "Text edit"),
     ("image_reliance", "Image reliance (nats/token)"),
 )
+# the scores also broken down by layout type (image reliance is one figure per run, not per page)
+GROUP_SCORES = SCORES[:2]
 SIGNIFICANCE = 0.05
 GROUP_TITLES = {
     "single_column": "1 column",
@@ -117,7 +120,10 @@ def build_report(grid: Grid, results: Path) -> dict[str, Any]:
         summary["systems"][name] = {
             "seeds": sorted(r["seed"] for r in records[name]),
             **{key: seed_intervals(records[name], key) for key, _ in SCORES},
-            "groups": group_intervals(records[name], heldout["page_groups"], "reading_order_edit"),
+            "groups": {
+                key: group_intervals(records[name], heldout["page_groups"], key)
+                for key, _ in GROUP_SCORES
+            },
         }
     for key in ("reading_order_edit", "text_edit"):
         per_page = {name: per_page_means(records[name], key) for name in systems}
@@ -126,13 +132,13 @@ def build_report(grid: Grid, results: Path) -> dict[str, Any]:
         )
     write_text_atomic(results / "table.md", format_table(grid, summary, heldout))
     plot_scores(summary, results / "scores.png")
-    plot_groups(summary, results / "reading_order_by_layout.png")
+    plot_groups(summary, results / "by_layout.png")
     write_text_atomic(results / "summary.json", json.dumps(_plain(summary), indent=1))
     return summary
 
 
 def format_table(grid: Grid, summary: dict[str, Any], heldout: dict[str, Any]) -> str:
-    """The markdown tables: overall scores with paired tests, then reading order per layout."""
+    """The markdown tables: overall scores with paired tests, then each edit distance per layout."""
     descriptions = {s.name: s.description for s in grid.systems} | {
         i.name: i.description for i in grid.interventions
     }
@@ -152,22 +158,22 @@ def format_table(grid: Grid, summary: dict[str, Any], heldout: dict[str, Any]) -
         deltas = [_test_cell(tests[key].get(name)) for key in ("reading_order_edit", "text_edit")]
         label = f"`{name}` ({descriptions.get(name, '')})"
         lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(cells + deltas) + " |")
-    groups = [g for g in GROUP_TITLES if any(g in r["groups"] for r in summary["systems"].values())]
-    counts = defaultdict(int)
+    groups = layout_groups(summary)
+    counts: dict[str, int] = defaultdict(int)
     for page_groups in heldout["page_groups"].values():
         for group in page_groups:
             counts[group] += 1
-    lines += [
-        "",
-        "Reading-order edit per layout type (pages of the type; a page can be of several):",
-        "",
-        "| system | " + " | ".join(f"{GROUP_TITLES[g]} ({counts[g]})" for g in groups) + " |",
-        "|---|" + "---|" * len(groups),
-    ]
-    for name, row in summary["systems"].items():
-        lines.append(
-            f"| `{name}` | " + " | ".join(_cell(row["groups"].get(g)) for g in groups) + " |"
-        )
+    for key, title in GROUP_SCORES:
+        lines += [
+            "",
+            f"{title} per layout type (pages of the type; a page can be of several):",
+            "",
+            "| system | " + " | ".join(f"{GROUP_TITLES[g]} ({counts[g]})" for g in groups) + " |",
+            "|---|" + "---|" * len(groups),
+        ]
+        for name, row in summary["systems"].items():
+            cells = [_cell(row["groups"][key].get(g)) for g in groups]
+            lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -188,26 +194,40 @@ def plot_scores(summary: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def layout_groups(summary: dict[str, Any]) -> list[str]:
+    """The layout types that occur in the held-out pages of any system, in table order."""
+    present = {
+        group
+        for row in summary["systems"].values()
+        for by_group in row["groups"].values()
+        for group in by_group
+    }
+    return [g for g in GROUP_TITLES if g in present]
+
+
 def plot_groups(summary: dict[str, Any], path: Path) -> None:
-    """Reading-order edit per layout type, one group of bars per system."""
+    """Each edit distance per layout type, one group of bars per system."""
     names = list(summary["systems"])
-    groups = [g for g in GROUP_TITLES if any(g in summary["systems"][n]["groups"] for n in names)]
-    figure, axis = plt.subplots(figsize=(1.4 * len(names) + 2, 4))
+    groups = layout_groups(summary)
     width = 0.8 / max(1, len(groups))
-    for k, group in enumerate(groups):
-        intervals = [summary["systems"][n]["groups"].get(group) for n in names]
-        axis.bar(
-            [i + k * width for i in range(len(names))],
-            [i.mean if i else 0.0 for i in intervals],
-            width,
-            yerr=[i.half_width if i else 0.0 for i in intervals],
-            label=GROUP_TITLES[group],
-            capsize=2,
-        )
-    axis.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(len(names))], names)
-    axis.tick_params(axis="x", rotation=30)
-    axis.set_ylabel("reading-order edit (lower is better)")
-    axis.legend(fontsize=8)
+    figure, axes = plt.subplots(
+        1, len(GROUP_SCORES), figsize=(len(GROUP_SCORES) * (1.4 * len(names) + 2), 4)
+    )
+    for axis, (key, title) in zip(axes, GROUP_SCORES, strict=True):
+        for k, group in enumerate(groups):
+            intervals = [summary["systems"][n]["groups"][key].get(group) for n in names]
+            axis.bar(
+                [i + k * width for i in range(len(names))],
+                [i.mean if i else 0.0 for i in intervals],
+                width,
+                yerr=[i.half_width if i else 0.0 for i in intervals],
+                label=GROUP_TITLES[group],
+                capsize=2,
+            )
+        axis.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(len(names))], names)
+        axis.tick_params(axis="x", rotation=30)
+        axis.set_title(f"{title} by layout (lower is better), 95% CI")
+        axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
