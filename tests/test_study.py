@@ -160,6 +160,9 @@ def test_report_breaks_both_edit_distances_down_by_layout_over_seeds(tmp_path) -
     assert (tmp_path / "by_layout.png").stat().st_size > 0
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["systems"]["causal_flow"]["seeds"] == [0, 1]
+    assert written["systems"]["causal_flow"]["per_seed"]["text_edit"] == pytest.approx(
+        [1 / 3, 2 / 15]
+    )
 
 
 @pytest.mark.slow

@@ -32,8 +32,8 @@ SCORES = (
     ("text_edit", "Text edit"),
     ("image_reliance", "Image reliance (nats/token)"),
 )
-# the scores also broken down by layout type (image reliance is one figure per run, not per page)
-GROUP_SCORES = SCORES[:2]
+# the scores plotted and broken down by layout type (image reliance is one figure per run)
+EDIT_SCORES = SCORES[:2]
 SIGNIFICANCE = 0.05
 GROUP_TITLES = {
     "single_column": "1 column",
@@ -117,12 +117,14 @@ def build_report(grid: Grid, results: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{results}: no run records under runs/; run the study first")
     summary: dict[str, Any] = {"systems": {}, "tests": {}, "baseline": grid.baseline}
     for name in systems:
+        by_seed = sorted(records[name], key=lambda r: r["seed"])
         summary["systems"][name] = {
-            "seeds": sorted(r["seed"] for r in records[name]),
+            "seeds": [r["seed"] for r in by_seed],
+            "per_seed": {key: [score(r, key) for r in by_seed] for key, _ in SCORES},
             **{key: seed_intervals(records[name], key) for key, _ in SCORES},
             "groups": {
                 key: group_intervals(records[name], heldout["page_groups"], key)
-                for key, _ in GROUP_SCORES
+                for key, _ in EDIT_SCORES
             },
         }
     for key in ("reading_order_edit", "text_edit"):
@@ -163,7 +165,7 @@ def format_table(grid: Grid, summary: dict[str, Any], heldout: dict[str, Any]) -
     for page_groups in heldout["page_groups"].values():
         for group in page_groups:
             counts[group] += 1
-    for key, title in GROUP_SCORES:
+    for key, title in EDIT_SCORES:
         lines += [
             "",
             f"{title} per layout type (pages of the type; a page can be of several):",
@@ -178,17 +180,21 @@ def format_table(grid: Grid, summary: dict[str, Any], heldout: dict[str, Any]) -
 
 
 def plot_scores(summary: dict[str, Any], path: Path) -> None:
-    """Bars of each edit distance per system with their 95% intervals."""
+    """Bars of each edit distance per system with their 95% intervals, each seed a dot."""
     names = list(summary["systems"])
-    keys = [("reading_order_edit", "Reading-order edit"), ("text_edit", "Text edit")]
-    figure, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 0.5 * len(names) + 1.5))
-    for axis, (key, title) in zip(axes, keys, strict=True):
+    figure, axes = plt.subplots(
+        1, len(EDIT_SCORES), figsize=(6 * len(EDIT_SCORES), 0.5 * len(names) + 1.5)
+    )
+    for axis, (key, title) in zip(axes, EDIT_SCORES, strict=True):
         intervals = [summary["systems"][n][key] for n in names]
         means = [i.mean if i else 0.0 for i in intervals]
         errors = [i.half_width if i else 0.0 for i in intervals]
-        axis.barh(names, means, xerr=errors, color="#4c72b0", capsize=3)
+        axis.barh(names, means, xerr=errors, color="#a6bddb", capsize=3)
+        for row, name in enumerate(names):
+            seeds = [v for v in summary["systems"][name]["per_seed"][key] if v is not None]
+            axis.plot(seeds, [row] * len(seeds), "o", color="#08306b", markersize=4)
         axis.invert_yaxis()
-        axis.set_title(f"{title} (lower is better), 95% CI")
+        axis.set_title(f"{title} (lower is better): mean, 95% CI, seeds")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -211,9 +217,9 @@ def plot_groups(summary: dict[str, Any], path: Path) -> None:
     groups = layout_groups(summary)
     width = 0.8 / max(1, len(groups))
     figure, axes = plt.subplots(
-        1, len(GROUP_SCORES), figsize=(len(GROUP_SCORES) * (1.4 * len(names) + 2), 4)
+        1, len(EDIT_SCORES), figsize=(len(EDIT_SCORES) * (1.4 * len(names) + 2), 4)
     )
-    for axis, (key, title) in zip(axes, GROUP_SCORES, strict=True):
+    for axis, (key, title) in zip(axes, EDIT_SCORES, strict=True):
         for k, group in enumerate(groups):
             intervals = [summary["systems"][n]["groups"][key].get(group) for n in names]
             axis.bar(
