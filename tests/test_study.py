@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+from omegaconf import OmegaConf
 
 from tests.conftest import compose_train
 from zoo.studies.grid import READING_ORDER
@@ -69,6 +70,15 @@ def test_the_reading_order_grid_is_the_issues_grid_and_every_system_composes() -
         assert cfg.data.style.glyph_px == 96 and cfg.data.style.alphabet == "0123456789"
     cfg = compose_train(READING_ORDER.systems[4].train_overrides(READING_ORDER.experiment))
     assert cfg.encoder.mask == "bidirectional" and not cfg.encoder.with_queries
+    # every system builds a different encoder: an ablation that composes back to v2 (the
+    # command line's encoder= overriding the ablation's own) would train v2 twice
+    encoders = [
+        OmegaConf.to_yaml(compose_train(s.train_overrides(READING_ORDER.experiment)).encoder)
+        for s in READING_ORDER.systems
+    ]
+    assert len(set(encoders)) == len(encoders)
+    cfg = compose_train(READING_ORDER.systems[6].train_overrides(READING_ORDER.experiment))
+    assert cfg.encoder.name == "cross_attention_queries"
     # the next rung starts from a model that reads: its encoder trains from the first step
     assert compose_train(["experiment=study_glyph_words"]).module.frozen_until is None
 

@@ -97,7 +97,8 @@ READING_ORDER = Grid(
         ),
         System("query_ratio_half", "causal_flow", "query_ratio_half", "v2 with m/2 queries"),
         System(
-            "encoder_decoder_queries", "causal_flow", "encoder_decoder_queries",
+            # its own encoder: an explicit encoder=causal_flow would undo the ablation's
+            "encoder_decoder_queries", "cross_attention_queries", "encoder_decoder_queries",
             "queries in a separate stack cross-attending to the visual tokens",
         ),
     ),
