@@ -210,3 +210,23 @@ def test_study_smoke_run_trains_evaluates_records_resumes_and_reports(tmp_path) 
     stamps = {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*.json")}
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*.json")} == stamps
+
+
+def test_the_committed_grid_records_rebuild_the_committed_table_and_the_readmes(tmp_path) -> None:
+    """docs/study/reading_order holds the grid's run records (python -m zoo.study reading_order,
+    seeds 0-2, run on this project's 2-core machine); the table in that folder and in the
+    README must be what those records give."""
+    import shutil
+    from pathlib import Path
+
+    from zoo.studies.report import build_report
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "study" / "reading_order"
+    shutil.copy(committed / "heldout.json", tmp_path / "heldout.json")
+    shutil.copytree(committed / "runs", tmp_path / "runs")
+    summary = build_report(READING_ORDER, tmp_path)
+    assert all(row["seeds"] == [0, 1, 2] for row in summary["systems"].values())
+    table = (tmp_path / "table.md").read_text(encoding="utf-8")
+    assert table == (committed / "table.md").read_text(encoding="utf-8")
+    readme = (committed.parents[2] / "README.md").read_text(encoding="utf-8")
+    assert table in readme
