@@ -217,7 +217,7 @@ def plot_groups(summary: dict[str, Any], path: Path) -> None:
     groups = layout_groups(summary)
     width = 0.8 / max(1, len(groups))
     figure, axes = plt.subplots(
-        1, len(EDIT_SCORES), figsize=(len(EDIT_SCORES) * (1.4 * len(names) + 2), 4)
+        len(EDIT_SCORES), 1, figsize=(1.4 * len(names) + 2, 4.5 * len(EDIT_SCORES))
     )
     for axis, (key, title) in zip(axes, EDIT_SCORES, strict=True):
         for k, group in enumerate(groups):
