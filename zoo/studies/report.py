@@ -32,7 +32,8 @@ SCORES = (
     ("text_edit", "Text edit"),
     ("image_reliance", "Image reliance (nats/token)"),
 )
-# the scores plotted and broken down by layout type (image reliance is one figure per run)
+# the per-page scores: paired-tested, plotted and broken down by layout type (image reliance
+# is one figure per run)
 EDIT_SCORES = SCORES[:2]
 SIGNIFICANCE = 0.05
 GROUP_TITLES = {
@@ -127,7 +128,7 @@ def build_report(grid: Grid, results: Path) -> dict[str, Any]:
                 for key, _ in EDIT_SCORES
             },
         }
-    for key in ("reading_order_edit", "text_edit"):
+    for key, _ in EDIT_SCORES:
         per_page = {name: per_page_means(records[name], key) for name in systems}
         summary["tests"][key] = (
             paired_tests(per_page, grid.baseline) if grid.baseline in per_page else {}
@@ -157,7 +158,7 @@ def format_table(grid: Grid, summary: dict[str, Any], heldout: dict[str, Any]) -
     tests = summary["tests"]
     for name, row in summary["systems"].items():
         cells = [_cell(row[key]) for key, _ in SCORES]
-        deltas = [_test_cell(tests[key].get(name)) for key in ("reading_order_edit", "text_edit")]
+        deltas = [_test_cell(tests[key].get(name)) for key, _ in EDIT_SCORES]
         label = f"`{name}` ({descriptions.get(name, '')})"
         lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(cells + deltas) + " |")
     groups = layout_groups(summary)
